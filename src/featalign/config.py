@@ -1,0 +1,190 @@
+"""Checks of a workflow config that a JSON schema cannot express.
+
+The schema (``workflow/schemas/config.schema.yaml``) checks types, ranges and
+keys; :func:`check_config` checks meaning: known sources and families, offline
+images, transforms that are invertible, and canvases large enough to hold the
+windowed content under every transform. Every problem is one sentence that
+names the config key, the bad value and what to write instead; the workflow
+stops on them before any job runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from featalign import geometry
+
+__all__ = [
+    "ConfigError",
+    "canonical",
+    "check_schema",
+    "SOURCES",
+    "check_config",
+    "dataset_transforms",
+]
+
+#: Image sources of the dataset stage.
+SOURCES = ("photographs", "mnist", "textures")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+def canonical(section: Any) -> Any:
+    """A config section with mapping keys sorted recursively.
+
+    Snakemake reruns a job when its params change; sorting makes reordering keys
+    in a YAML file (which changes nothing) invisible to that check.
+
+    Example:
+        >>> canonical({"b": 1, "a": {"d": 2, "c": 3}})
+        {'a': {'c': 3, 'd': 2}, 'b': 1}
+    """
+    if isinstance(section, Mapping):
+        return {k: canonical(section[k]) for k in sorted(section)}
+    if isinstance(section, (list, tuple)):
+        return [canonical(v) for v in section]
+    return section
+
+
+def check_schema(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` on the most relevant schema violation, as one sentence.
+
+    ``snakemake.utils.validate`` also checks the schema (and fills in defaults),
+    but its message prints the whole schema; this one names the key, the bad
+    value and the key's description.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(dict(config)))
+    if error is None:
+        return
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    hint = error.schema.get("description", "") if isinstance(error.schema, dict) else ""
+    if error.validator == "additionalProperties":
+        hint = "allowed keys: " + ", ".join(sorted(error.schema.get("properties", {})))
+    if error.validator == "required":
+        hint = "see config/README.md"
+    raise ConfigError(f"{key}: {error.message}" + (f" ({hint})" if hint else ""))
+
+
+def dataset_transforms(config: Mapping[str, Any], name: str) -> dict[str, list[float]]:
+    """The transform sweep of a dataset: its own ``transforms`` or the top-level one."""
+    ds = config["datasets"][name]
+    return dict(ds.get("transforms") or config.get("transforms") or {})
+
+
+def _matrices(family: str, magnitude: float, draws: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    n = draws if family == "affine" else 1
+    return [geometry.from_family(family, magnitude, generator=gen) for _ in range(n)]
+
+
+def _stretch_and_shift(m: torch.Tensor) -> tuple[float, float]:
+    """The largest stretch ‖A‖₂ and the shift ‖b‖ of a map ``m`` (2, 3)."""
+    return float(torch.linalg.matrix_norm(m[:, :2], ord=2)), float(m[:, 2].norm())
+
+
+def _check_family(key: str, family: str, magnitude: Any) -> None:
+    if not isinstance(magnitude, (int, float)) or not math.isfinite(float(magnitude)):
+        raise ConfigError(f"{key}: magnitude {magnitude!r} is not a finite number")
+    m = float(magnitude)
+    if family in ("scaling", "anisotropic_scaling") and m <= 0:
+        raise ConfigError(
+            f"{key}: {family} factor {magnitude!r} is not positive (a singular or "
+            "orientation-reversing map); write a factor > 0 such as 0.8 or 1.25"
+        )
+    if family == "affine" and m < 0:
+        raise ConfigError(
+            f"{key}: affine strength {magnitude!r} is negative; write a distance from the "
+            "identity >= 0 such as 0.2"
+        )
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` on the first config problem a schema cannot catch.
+
+    Args:
+        config: the workflow config after schema validation (defaults filled in).
+
+    Raises:
+        ConfigError: naming the key, the bad value and the fix.
+    """
+    from featalign.datasets import offline_photographs  # skimage is slow to import
+
+    datasets = config.get("datasets") or {}
+    if not datasets:
+        raise ConfigError("datasets: no dataset configured; add one, e.g. datasets: {photos: "
+                          "{source: photographs}}")
+    for top_family in (config.get("transforms") or {}):
+        if top_family not in geometry.FAMILIES:
+            raise ConfigError(
+                f"transforms.{top_family}: unknown family {top_family!r}; write one of "
+                f"{', '.join(geometry.FAMILIES)}"
+            )
+    available = offline_photographs()
+    for name, ds in datasets.items():
+        key = f"datasets.{name}"
+        source = ds.get("source")
+        if source not in SOURCES:
+            raise ConfigError(
+                f"{key}.source: unknown source {source!r}; write one of {', '.join(SOURCES)}"
+            )
+        if source == "photographs":
+            for img in ds.get("images", []):
+                if img not in available:
+                    raise ConfigError(
+                        f"{key}.images: {img!r} is not a scikit-image photograph that loads "
+                        f"offline (it would need a download or does not exist); use some of "
+                        f"{', '.join(sorted(available))}"
+                    )
+        sweep = dataset_transforms(config, name)
+        if not sweep:
+            raise ConfigError(
+                f"{key}: no transforms; give a top-level 'transforms' mapping (family -> "
+                "list of magnitudes) or one under the dataset"
+            )
+        size = int(ds["size"])
+        frac = float(ds["window"]["radius"])
+        radius = frac * size / 2
+        limit = size / 2 - 1.0  # one pixel of margin for bilinear sampling
+        worst = (0.0, 0.0, 0.0, "")  # reach, stretch, shift, what
+        for family, magnitudes in sweep.items():
+            if family not in geometry.FAMILIES:
+                raise ConfigError(
+                    f"{key}.transforms.{family}: unknown family {family!r}; write one of "
+                    f"{', '.join(geometry.FAMILIES)}"
+                )
+            if not magnitudes:
+                raise ConfigError(
+                    f"transforms.{family}: empty list of magnitudes for dataset {name!r}; "
+                    f"give at least one or remove the family"
+                )
+            for mag in magnitudes:
+                _check_family(f"transforms.{family}", family, mag)
+                for m in _matrices(family, float(mag), int(config.get("affine_draws", 1)),
+                                   int(ds.get("seed", 0))):
+                    stretch, shift = _stretch_and_shift(m)
+                    reach = stretch * radius + shift
+                    if reach > worst[0]:
+                        worst = (reach, stretch, shift, f"{family} {mag}")
+        reach, stretch, shift, what = worst
+        if reach > limit:
+            # rounded down, so that the suggestion itself passes
+            fits_radius = math.floor(100 * max(limit - shift, 0.0) / (stretch * size / 2)) / 100
+            fix = f"lower {key}.window.radius to {fits_radius:.2f}"
+            if stretch * frac < 1:
+                # n/2 - 1 >= stretch * frac * n/2 + shift  <=>  n >= 2 (shift + 1) / (1 - stretch frac)
+                fits = 2 * math.ceil((shift + 1.0) / (1.0 - stretch * frac))
+                fix = f"raise size to at least {fits} or " + fix
+            raise ConfigError(
+                f"{key}.size: canvas {size} px is too small for the window "
+                f"(radius {radius:.1f} px) under {what}, which carries content "
+                f"{reach:.1f} px from the centre (limit {limit:.1f}); {fix}"
+            )

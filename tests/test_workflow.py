@@ -1,0 +1,131 @@
+"""End-to-end: the Snakemake workflow on config/test.yaml, caching, and refusal of bad configs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import xarray as xr
+import yaml
+
+from conftest import ROOT, snakemake
+from featalign.io import TIME_ATTRS
+
+TEST_CONFIG = ROOT / "config" / "test.yaml"
+
+
+def jobs(result) -> dict[str, int]:
+    """Job counts from snakemake's 'Job stats' table (dry runs included)."""
+    table = result.stdout + result.stderr
+    if "Nothing to be done" in table:
+        return {}
+    block = table.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M) if m[1] != "total"}
+
+
+def planned_outputs(result) -> list[str]:
+    return sorted(re.findall(r"^\s+output: (.+)$", result.stdout + result.stderr, re.M))
+
+
+@pytest.fixture(scope="module")
+def test_run(tmp_path_factory) -> Path:
+    """One full run of config/test.yaml in a scratch working directory."""
+    work = tmp_path_factory.mktemp("run")
+    res = snakemake(work, "--cores", "2", "--configfile", str(TEST_CONFIG))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return work
+
+
+def test_lint_is_clean():
+    res = snakemake(ROOT, "--lint", "--configfile", str(TEST_CONFIG))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Lints for" not in res.stdout + res.stderr
+
+
+def test_snakefmt_clean():
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "snakefmt"), "--check", "workflow"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dry_run_shows_the_dag(tmp_path):
+    res = snakemake(tmp_path, "-n", "--configfile", str(TEST_CONFIG))
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    assert jobs(res)["dataset"] == len(cfg["datasets"])
+
+
+def test_datasets_written(test_run):
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    for name, section in cfg["datasets"].items():
+        path = test_run / "results" / "datasets" / f"{name}.nc"
+        with xr.open_dataset(path) as ds:
+            assert ds.attrs["snakemake_rule"] == "dataset"
+            assert ds.sizes["sample"] == section["samples"]
+            assert ds.sizes["x"] == section["size"]
+            assert set(ds.family.values) == set(cfg["transforms"])
+        assert (test_run / "logs" / "dataset" / f"{name}.log").exists()
+
+
+def test_second_run_does_nothing(test_run):
+    res = snakemake(test_run, "--cores", "2", "--configfile", str(TEST_CONFIG))
+    assert res.returncode == 0
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_changing_one_dataset_reruns_only_it(test_run, tmp_path):
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["datasets"]["tiny_digits"]["seed"] = 7
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    res = snakemake(test_run, "-n", "--configfile", str(changed))
+    assert res.returncode == 0, res.stderr
+    assert planned_outputs(res) == ["results/datasets/tiny_digits.nc"]
+
+
+def test_same_config_same_arrays(test_run, tmp_path):
+    other = tmp_path / "again"
+    res = snakemake(other, "results/datasets/tiny_photos.nc", "--cores", "1",
+                    "--configfile", str(TEST_CONFIG))
+    assert res.returncode == 0, res.stderr
+    with xr.open_dataset(test_run / "results/datasets/tiny_photos.nc") as a, \
+            xr.open_dataset(other / "results/datasets/tiny_photos.nc") as b:
+        drop = [k for k in ("git_commit", *TIME_ATTRS)]
+        for k in drop:
+            a.attrs.pop(k, None)
+            b.attrs.pop(k, None)
+        xr.testing.assert_identical(a.load(), b.load())
+
+
+BAD = [
+    ({"datasets.tiny_photos.source": "jpegs"}, "datasets.tiny_photos.source: unknown source"),
+    ({"transforms.spin": [1]}, "transforms.spin: unknown family 'spin'"),
+    ({"transforms.scaling": [-1.0]}, "transforms.scaling: scaling factor -1.0 is not positive"),
+    ({"transforms.scaling": [2.5]}, "px is too small for the window"),
+    ({"datasets.tiny_photos.images": ["lily"]}, "'lily' is not a scikit-image photograph"),
+    ({"datasets.tiny_photos.samples": "many"}, "datasets.tiny_photos.samples: 'many' is not of type"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD, ids=[next(iter(c)) for c, _ in BAD])
+def test_bad_config_refused_before_any_job(tmp_path, change, message):
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    for dotted, value in change.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for k in parents:
+            node = node[k]
+        node[leaf] = value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "--cores", "1", "--configfile", str(bad))
+    assert res.returncode != 0
+    assert "featalign: config error: " in res.stderr and message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "results").exists()

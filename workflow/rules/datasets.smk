@@ -1,0 +1,14 @@
+# Images with known affine transformations: results/datasets/{dataset}.nc
+
+
+rule dataset:
+    output:
+        "results/datasets/{dataset}.nc",
+    log:
+        "logs/dataset/{dataset}.log",
+    conda:
+        "../../environment.yml"
+    params:
+        section=dataset_params,
+    script:
+        "../scripts/dataset.py"
