@@ -59,6 +59,7 @@ def test_dry_run_shows_the_dag(tmp_path):
     assert res.returncode == 0, res.stderr
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     assert jobs(res)["dataset"] == len(cfg["datasets"])
+    assert jobs(res)["features"] == len(cfg["datasets"]) * len(cfg["networks"])
 
 
 def test_datasets_written(test_run):
@@ -86,7 +87,9 @@ def test_changing_one_dataset_reruns_only_it(test_run, tmp_path):
     changed.write_text(yaml.safe_dump(cfg))
     res = snakemake(test_run, "-n", "--configfile", str(changed))
     assert res.returncode == 0, res.stderr
-    assert planned_outputs(res) == ["results/datasets/tiny_digits.nc"]
+    planned = planned_outputs(res)
+    assert "results/datasets/tiny_digits.nc" in planned
+    assert all("tiny_digits" in p for p in planned), planned  # nothing of tiny_photos
 
 
 def test_same_config_same_arrays(test_run, tmp_path):
@@ -129,3 +132,64 @@ def test_bad_config_refused_before_any_job(tmp_path, change, message):
     assert "featalign: config error: " in res.stderr and message in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "results").exists()
+
+
+def readme_plugin() -> str:
+    """The plugin example of the README's 'Add your network' section, verbatim."""
+    text = (ROOT / "README.md").read_text()
+    return re.search(r"### Add your network.*?```python\n(.*?)```", text, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def user_plugin_run(tmp_path_factory):
+    """A run with the README's plugin (and a renamed copy) from a user's plugin folder."""
+    base = tmp_path_factory.mktemp("user")
+    plugins = base / "my_plugins"
+    plugins.mkdir()
+    code = readme_plugin()
+    (plugins / "my_blur.py").write_text(code)
+    (plugins / "my_other.py").write_text(code.replace('name="my_blur"', 'name="my_other"'))
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["plugin_dirs"] = [str(plugins)]
+    cfg["networks"] = {"my_blur": {"width": 4}, "my_other": {"datasets": ["tiny_photos"]}}
+    path = base / "user.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    work = base / "work"
+    res = snakemake(work, "--cores", "2", "--configfile", str(path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return work, plugins, path
+
+
+def test_readme_plugin_runs_through_features(user_plugin_run):
+    work, _, _ = user_plugin_run
+    for ds in ("tiny_photos", "tiny_digits"):
+        tree = xr.open_datatree(work / "results" / "features" / ds / "my_blur.nc")
+        assert set(tree.children) == {"conv", "pool"}
+        assert tree["pool"].attrs["stride"] == 2
+        assert tree["conv"].original.shape[1] == 4  # the config's width option reached build()
+    assert not (work / "results" / "features" / "tiny_digits" / "my_other.nc").exists()
+
+
+def test_editing_a_plugin_reruns_only_its_jobs(user_plugin_run):
+    work, plugins, config = user_plugin_run
+    before = snakemake(work, "-n", "--configfile", str(config))
+    assert "Nothing to be done" in before.stdout + before.stderr
+    edited = plugins / "my_blur.py"
+    edited.write_text(edited.read_text().replace("/ 5)", "/ 4)"))
+    after = snakemake(work, "-n", "--configfile", str(config))
+    assert planned_outputs(after) == [
+        "results/features/tiny_digits/my_blur.nc",
+        "results/features/tiny_photos/my_blur.nc",
+    ]
+
+
+def test_unknown_network_refused(tmp_path):
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["networks"] = {"vgg_randon": {}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "--cores", "1", "--configfile", str(bad))
+    assert res.returncode != 0
+    assert "featalign: config error: networks.vgg_randon:" in res.stderr
+    assert "vgg_random" in res.stderr  # the message lists the available names
+    assert "Traceback" not in res.stderr

@@ -27,6 +27,9 @@ __all__ = [
     "dataset_transforms",
 ]
 
+#: Keys of ``networks.<name>`` that featalign reads itself; the rest go to ``build()``.
+RESERVED_NETWORK_KEYS = ("datasets",)
+
 #: Image sources of the dataset stage.
 SOURCES = ("photographs", "mnist", "textures")
 
@@ -188,3 +191,56 @@ def check_config(config: Mapping[str, Any]) -> None:
                 f"(radius {radius:.1f} px) under {what}, which carries content "
                 f"{reach:.1f} px from the centre (limit {limit:.1f}); {fix}"
             )
+
+
+def network_options(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The options of ``networks.<name>`` that are passed to the plugin's ``build()``."""
+    opts = dict(config.get("networks", {}).get(name) or {})
+    return {k: v for k, v in opts.items() if k not in RESERVED_NETWORK_KEYS}
+
+
+def network_datasets(config: Mapping[str, Any], name: str) -> list[str]:
+    """The datasets a network runs on: ``networks.<name>.datasets`` or all of them."""
+    opts = config.get("networks", {}).get(name) or {}
+    return list(opts.get("datasets") or config["datasets"])
+
+
+def check_networks(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve the configured networks to their plugins, refusing unknown names and files.
+
+    Returns:
+        {name: NetworkSpec} for every key of ``networks``, in config order.
+
+    Raises:
+        ConfigError: an unknown network or dataset name, a missing weight file.
+        featalign.plugins.PluginError: a plugin that fails to load (names the file).
+    """
+    from pathlib import Path
+
+    from featalign.plugins import PluginError, get_network
+
+    specs: dict[str, Any] = {}
+    dirs = [Path(d) for d in config.get("plugin_dirs", [])]
+    for d in dirs:
+        if not d.is_dir():
+            raise ConfigError(
+                f"plugin_dirs: {str(d)!r} is not a folder; create it or remove it from the list"
+            )
+    for name in config.get("networks") or {}:
+        try:
+            specs[name] = get_network(name, dirs)
+        except PluginError as err:
+            raise ConfigError(f"networks.{name}: {err}") from None
+        for ds in network_datasets(config, name):
+            if ds not in config["datasets"]:
+                raise ConfigError(
+                    f"networks.{name}.datasets: unknown dataset {ds!r}; configured datasets: "
+                    f"{', '.join(config['datasets'])}"
+                )
+        weights = network_options(config, name).get("weights")
+        if weights is not None and not Path(str(weights)).is_file():
+            raise ConfigError(
+                f"networks.{name}.weights: file {weights!r} does not exist; put the weight "
+                f"file there (featalign downloads nothing) or remove the option"
+            )
+    return specs

@@ -8,9 +8,13 @@ from featalign.config import (
     ConfigError,
     canonical,
     check_config,
+    check_networks,
     check_schema,
     dataset_transforms,
+    network_datasets,
+    network_options,
 )
+from featalign.plugins import PluginError
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 
@@ -19,7 +23,8 @@ try:
         check_schema(config, yaml.safe_load(fh))
     validate(config, schema=SCHEMA, set_default=True)
     check_config(config)
-except ConfigError as err:
+    NETWORKS = check_networks(config)
+except (ConfigError, PluginError) as err:
     # a user error: one sentence, no traceback, before any job runs
     sys.stderr.write(f"featalign: config error: {err}\n")
     sys.exit(1)
@@ -27,6 +32,8 @@ except ConfigError as err:
 
 wildcard_constraints:
     dataset="[A-Za-z][A-Za-z0-9_]*",
+    network="[A-Za-z0-9_]+",
+    layer="[A-Za-z0-9_.]+",
 
 
 DATASETS = list(config["datasets"])
@@ -43,5 +50,62 @@ def dataset_params(wildcards):
     )
 
 
+PLUGIN_DIRS = [str(d) for d in config["plugin_dirs"]]
+
+
+def pairs():
+    """(dataset, network) pairs of the run: every network on its datasets."""
+    return [(d, n) for n in NETWORKS for d in network_datasets(config, n)]
+
+
+def plugin_file(wildcards):
+    """The plugin's source file: editing it reruns exactly that network's jobs."""
+    return str(NETWORKS[wildcards.network].source)
+
+
+def network_params(wildcards):
+    return canonical(network_options(config, wildcards.network))
+
+
+def features_inputs(wildcards):
+    inputs = {
+        "dataset": f"results/datasets/{wildcards.dataset}.nc",
+        "plugin": plugin_file(wildcards),
+    }
+    options = network_options(config, wildcards.network)
+    if NETWORKS[wildcards.network].train is not None and "weights" not in options:
+        inputs["weights"] = f"results/weights/{wildcards.network}.pt"
+    elif "weights" in options:
+        inputs["weights"] = options["weights"]
+    return inputs
+
+
+def alignment_files():
+    """Every alignment file of the run: one per dataset x network x layer."""
+    return [
+        f"results/alignment/{d}/{n}/{layer}.nc"
+        for d, n in pairs()
+        for layer in NETWORKS[n].layers
+    ]
+
+
+def alignment_params(wildcards):
+    return canonical(
+        {
+            "alignment": config["alignment"],
+            "region": config["region"],
+            "seed": config["seed"],
+        }
+    )
+
+
+def invariances():
+    """network -> declared invariant_to: the theory's predictions."""
+    return {n: list(spec.invariant_to) for n, spec in NETWORKS.items()}
+
+
 def all_outputs():
-    return expand("results/datasets/{dataset}.nc", dataset=DATASETS)
+    return [
+        "results/tables/errors.csv",
+        "results/tables/claims.csv",
+    ]

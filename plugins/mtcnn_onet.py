@@ -1,0 +1,23 @@
+"""MTCNN's O-Net, pretrained, convolutional trunk only (weights ship in facenet-pytorch)."""
+
+from __future__ import annotations
+
+import torch
+
+from featalign.plugins import network
+from featalign.pretrained import mtcnn
+
+
+@network(
+    name="mtcnn_onet",
+    description=(
+        "MTCNN O-Net face detector (facenet-pytorch's data/onet.pt), conv trunk up to the "
+        "last PReLU before the heads; unpadded convs, ceil-mode max-pools; strides 1, 2, 4, 8."
+    ),
+    layers=["prelu1", "prelu2", "prelu3", "prelu4"],
+    invariant_to=[],
+    in_channels=3,
+)
+def build() -> torch.nn.Module:
+    """Images (N, 3, H, W) in [0, 1] -> {layer: (N, C, H_l, W_l)}."""
+    return mtcnn("onet")

@@ -1,0 +1,289 @@
+"""The feature stage: feature maps of a dataset through one network, one group per layer.
+
+A features file (``results/features/{dataset}/{network}.nc``) is an
+``xarray.DataTree`` whose root holds the provenance and whose group ``/{layer}``
+holds, for that layer:
+
+* ``original(sample, channel, y, x)``: Γ(f);
+* ``transformed(sample, transform, channel, y, x)``: Γ(T_g f);
+* ``realigned(sample, transform, channel, y, x)``: Γ(T_g⁻¹ T_g f);
+* the dataset's transform coordinates (``family``, ``magnitude``, ``matrix``);
+* ``y`` and ``x`` as the *physical* centred image coordinates of the feature
+  pixels (offset + stride·k − (n − 1)/2), and attributes ``stride``,
+  ``offset_y``, ``offset_x`` (measured, not assumed: :func:`featalign.nets.probe_grid`),
+  ``channels``, ``depth`` (position of the layer in the network) and the
+  receptive field's extent.
+
+**Padding.** Images are windowed onto a zero background, so the canvas is a
+window onto an infinite zero plane. A network's own zero padding at the canvas
+border would break translation covariance wherever a receptive field reaches
+the border; the images are therefore padded with zeros by a margin that covers
+the largest receptive field (a multiple of every stride, at most ``max_pad``)
+and the feature maps are cropped back to the canvas's lattice. Translations by
+stride multiples then commute with the network exactly, as the theory assumes.
+
+Feature maps are float32, zlib-compressed; each layer is its own netCDF group,
+so one layer reads without the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm import tqdm
+
+from featalign import __version__
+from featalign.geometry import Grid
+from featalign.io import file_sha256, make_attrs
+from featalign.plugins import NetworkSpec, PluginError, build_extractor
+
+__all__ = ["FeatureError", "convert_channels", "extract_features", "layer_grid", "padding_for"]
+
+log = logging.getLogger(__name__)
+
+#: ITU-R BT.601 luma weights, for colour datasets fed to single-channel networks.
+LUMA = (0.299, 0.587, 0.114)
+
+
+class FeatureError(ValueError):
+    """A dataset and a network that cannot be combined; the message says why and what to do."""
+
+
+def convert_channels(images: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Convert images to a network's input channels (grey → replicate, colour → luma).
+
+    Args:
+        images: shape (N, C, H, W), C 1 or 3.
+        in_channels: 1 or 3.
+
+    Returns:
+        Shape (N, in_channels, H, W).
+
+    Example:
+        >>> convert_channels(torch.ones(2, 1, 4, 4), 3).shape
+        torch.Size([2, 3, 4, 4])
+    """
+    c = images.shape[1]
+    if c == in_channels:
+        return images
+    if c == 1 and in_channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    if c == 3 and in_channels == 1:
+        w = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images * w).sum(dim=1, keepdim=True)
+    raise FeatureError(f"cannot convert {c}-channel images to a {in_channels}-channel network")
+
+
+def layer_grid(ds: xr.Dataset) -> Grid:
+    """The geometry lattice of one layer group of a features file."""
+    return Grid(
+        height=ds.sizes["y"],
+        width=ds.sizes["x"],
+        stride=float(ds.attrs["stride"]),
+        offset_y=float(ds.attrs["offset_y"]),
+        offset_x=float(ds.attrs["offset_x"]),
+        image_height=int(ds.attrs["image_height"]),
+        image_width=int(ds.attrs["image_width"]),
+    )
+
+
+def padding_for(probes: Mapping[str, Any], max_pad: int) -> int:
+    """Zero padding (pixels per side) that covers every layer's receptive field.
+
+    A multiple of every layer's stride (so the lattices stay put), at most
+    ``max_pad`` rounded down to such a multiple.
+
+    Example:
+        >>> from types import SimpleNamespace as P
+        >>> padding_for({"a": P(stride=2, radius=5.0), "b": P(stride=4, radius=9.0)}, 64)
+        12
+    """
+    step = math.lcm(*(int(p.stride) for p in probes.values()))
+    need = max(float(p.radius) for p in probes.values())
+    pad = step * math.ceil(need / step)
+    cap = step * (max_pad // step)
+    if pad > cap:
+        log.warning(
+            "receptive fields reach %.0f px but padding is capped at %d px: features near "
+            "the canvas border feel the network's own zero padding (raise features.max_pad)",
+            need, cap,
+        )
+    return min(pad, cap)
+
+
+def _forward_all(
+    extractor: torch.nn.Module,
+    images: torch.Tensor,
+    crops: Mapping[str, tuple[int, int, int]],
+    *,
+    pad: int,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+    label: str,
+) -> dict[str, np.ndarray]:
+    """Run ``images`` (N, C, H, W), zero-padded by ``pad``, through the extractor in batches.
+
+    ``crops[layer] = (first, height, width)`` crops each padded layer back to the
+    canvas's lattice. Returns float32 numpy arrays per layer.
+    """
+    out: dict[str, np.ndarray] = {}
+    n = images.shape[0]
+    bar = tqdm(total=n, desc=label, unit="img", disable=not progress, mininterval=1.0)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            batch = images[start : start + batch_size].to(device)
+            if pad:
+                batch = torch.nn.functional.pad(batch, (pad, pad, pad, pad))
+            feats = extractor(batch)
+            for layer, (k0, hl, wl) in crops.items():
+                f = feats[layer][..., k0 : k0 + hl, k0 : k0 + wl].float().cpu().numpy()
+                if layer not in out:
+                    out[layer] = np.empty((n, *f.shape[1:]), dtype=np.float32)
+                out[layer][start : start + f.shape[0]] = f
+            bar.update(batch.shape[0])
+    bar.close()
+    return out
+
+
+def extract_features(
+    dataset: xr.Dataset,
+    spec: NetworkSpec,
+    options: Mapping[str, Any] | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    max_pad: int = 96,
+    progress: bool = True,
+    config: Any = None,
+    rule: str = "",
+) -> xr.DataTree:
+    """Feature maps of a dataset's originals, transformed and realigned images.
+
+    Args:
+        dataset: a dataset file's content (:mod:`featalign.datasets`).
+        spec: the network.
+        options: keyword options of the network's ``build``.
+        device: where to run the network.
+        batch_size: images per forward pass.
+        max_pad: the largest zero padding (pixels per side) against border effects.
+        progress: show a progress bar (on stderr, i.e. the job's log).
+        config: recorded as provenance.
+        rule: the Snakemake rule, recorded as provenance.
+
+    Returns:
+        The DataTree described in the module docstring.
+
+    Raises:
+        FeatureError: the canvas is not divisible by a layer's stride.
+        PluginError: the network breaks its contract (non-finite outputs …).
+    """
+    from featalign.nets import probe_grid
+
+    device = torch.device(device)
+    options = dict(options or {})
+    images = torch.from_numpy(dataset.image.values)
+    s, _, h, w = images.shape
+    t = dataset.sizes["transform"]
+    stack = torch.cat(
+        [
+            images,
+            torch.from_numpy(dataset.transformed.values).reshape(s * t, -1, h, w),
+            torch.from_numpy(dataset.realigned.values).reshape(s * t, -1, h, w),
+        ]
+    )
+    stack = convert_channels(stack, spec.in_channels).contiguous()
+
+    extractor = build_extractor(spec, options).to(device)
+    probes = probe_grid(extractor, spec.in_channels, size=h)
+    for layer, p in probes.items():
+        if h % p.stride or w % p.stride:
+            raise FeatureError(
+                f"network '{spec.name}' layer '{layer}' has stride {p.stride}, but dataset "
+                f"'{dataset.attrs.get('dataset', '?')}' has a {h}x{w} canvas; make "
+                f"datasets.<name>.size a multiple of {p.stride} (e.g. "
+                f"{p.stride * max(1, round(h / p.stride))})"
+            )
+    name = dataset.attrs.get("dataset", "dataset")
+    log.info("%s on %s: %d images of %dx%d on %s", spec.name, name, stack.shape[0], h, w, device)
+    pad = padding_for(probes, max_pad)
+    crops = {
+        layer: (pad // int(p.stride), p.height, p.width) for layer, p in probes.items()
+    }
+    feats = _forward_all(
+        extractor, stack, crops, pad=pad, device=device, batch_size=batch_size,
+        progress=progress, label=f"{spec.name} on {name}",
+    )
+
+    transform_coords = {k: dataset.coords[k] for k in ("family", "magnitude", "matrix", "row", "col")}
+    groups: dict[str, xr.Dataset] = {}
+    for depth, layer in enumerate(spec.layers):
+        f = feats[layer]
+        if not np.isfinite(f).all():
+            bad = int((~np.isfinite(f)).sum())
+            raise PluginError(
+                f"{spec.display_source}: layer '{layer}' of network '{spec.name}' produced "
+                f"{bad} non-finite values on dataset '{name}'; make the network's outputs finite"
+            )
+        p = probes[layer]
+        c, hl, wl = f.shape[1:]
+        ys = p.offset_y + p.stride * np.arange(hl) - (h - 1) / 2
+        xs = p.offset_x + p.stride * np.arange(wl) - (w - 1) / 2
+        dims4 = ("sample", "channel", "y", "x")
+        dims5 = ("sample", "transform", "channel", "y", "x")
+        groups[f"/{layer}"] = xr.Dataset(
+            {
+                "original": (dims4, f[:s], {"long_name": f"{layer} features of f", "units": "1"}),
+                "transformed": (dims5, f[s : s + s * t].reshape(s, t, c, hl, wl),
+                                {"long_name": f"{layer} features of T_g f", "units": "1"}),
+                "realigned": (dims5, f[s + s * t :].reshape(s, t, c, hl, wl),
+                              {"long_name": f"{layer} features of T_g^-1 T_g f", "units": "1"}),
+            },
+            coords={
+                "sample": dataset.sample.values,
+                "transform": dataset.transform.values,
+                "channel": np.arange(c),
+                "y": ("y", ys, {"long_name": "y (down), centred", "units": "pixel"}),
+                "x": ("x", xs, {"long_name": "x (right), centred", "units": "pixel"}),
+                **transform_coords,
+            },
+            attrs={
+                "source": f"featalign {__version__}",
+                "layer": layer,
+                "depth": depth,
+                "stride": p.stride,
+                "offset_y": p.offset_y,
+                "offset_x": p.offset_x,
+                "channels": c,
+                "image_height": h,
+                "image_width": w,
+                "receptive_field_radius": p.radius,
+                "padding": pad,
+                "layer_node": (spec.nodes or {}).get(layer, layer),
+            },
+        )
+    root = xr.Dataset(
+        attrs=make_attrs(
+            f"featalign features of {name} through {spec.name}",
+            config=config,
+            seed=int(options.get("seed", -1)) if isinstance(options.get("seed"), int) else None,
+            rule=rule,
+            dataset=str(name),
+            network=spec.name,
+            layers=",".join(spec.layers),
+            invariant_to=",".join(spec.invariant_to),
+            in_channels=spec.in_channels,
+            plugin_file=spec.display_source,
+            plugin_sha256=spec.sha256(),
+            dataset_config_sha256=str(dataset.attrs.get("config_sha256", "")),
+            weights=str(options.get("weights", "")),
+            weights_sha256=file_sha256(options["weights"]) if options.get("weights") else "",
+        )
+    )
+    return xr.DataTree.from_dict({"/": root, **groups})

@@ -1,0 +1,210 @@
+"""The alignment stage: one layer of a features file in, every measure out.
+
+An alignment file (``results/alignment/{dataset}/{network}/{layer}.nc``) holds,
+per (sample, transform):
+
+* ``error(sample, transform, measure)``: the relative error of each measure
+  (:data:`featalign.align.MEASURES`, normalised as
+  :data:`featalign.align.NORMALISATION`);
+* ``affine_matrix(sample, transform, row, col)``: the best affine warp found
+  (``tgt_from_src`` in centred image pixels, applied to Γ(T_g f));
+* ``affine_iterations``, ``affine_converged``, ``affine_start`` (which start won);
+* ``dense_displacement_rms``: size of the dense warp's extra displacement;
+* the dataset's transform coordinates (``family``, ``magnitude``, ``matrix``),
+
+with the layer's ``stride``, ``depth`` and ``channels`` and provenance as
+attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from featalign.align import MEASURES, NORMALISATION, align_layer
+from featalign.features import layer_grid
+from featalign.io import FileError, make_attrs, open_dataset
+
+__all__ = ["ALIGNMENT_DEFAULTS", "layer_names", "measure_layer"]
+
+log = logging.getLogger(__name__)
+
+#: Defaults of the config's ``alignment`` section (the schema states the same).
+ALIGNMENT_DEFAULTS: dict[str, Any] = {
+    "method": "gauss_newton",
+    "starts_per_family": 4,
+    "dense_grid": 6,
+    "dense_smoothness": 1e-3,
+    "dense_steps": 60,
+    "ridge": 1e-3,
+    "max_batch_elements": 2**25,
+}
+
+
+def layer_names(path: str | Path) -> list[str]:
+    """The layer groups of a features file, without reading any data."""
+    import netCDF4
+
+    with netCDF4.Dataset(path) as nc:
+        return list(nc.groups)
+
+
+def measure_layer(
+    features_path: str | Path,
+    layer: str,
+    *,
+    region_fraction: float,
+    options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    config: Any = None,
+    rule: str = "",
+) -> xr.Dataset:
+    """All measures of one layer of a features file.
+
+    Args:
+        features_path: ``results/features/{dataset}/{network}.nc``.
+        layer: the layer (group) to measure.
+        region_fraction: radius of the region R as a fraction of the half-canvas.
+        options: the config's ``alignment`` section (defaults: :data:`ALIGNMENT_DEFAULTS`).
+        seed: seeds the optimiser's family starts.
+        device: where to compute.
+        progress: show progress bars.
+        config: recorded as provenance.
+        rule: the Snakemake rule, recorded as provenance.
+
+    Returns:
+        The alignment dataset described in the module docstring.
+
+    Raises:
+        FileError: the file lacks the layer, holds non-finite values, or its shapes
+            disagree; the message names the file, the layer and the fix.
+    """
+    opts = {**ALIGNMENT_DEFAULTS, **dict(options or {})}
+    path = Path(features_path)
+    rebuild = f"snakemake {path}"
+    layers = layer_names(path) if path.exists() else []
+    if layer not in layers:
+        raise FileError(
+            f"features file {path} has no layer {layer!r} (it has {', '.join(layers) or 'none'}); "
+            f"delete it and rebuild with: {rebuild}"
+        )
+    root = xr.open_datatree(path)
+    attrs = dict(root.attrs)
+    root.close()
+    ds = open_dataset(path, kind="features", rebuild=rebuild, group=layer,
+                      variables=("original", "transformed", "realigned"))
+    for name in ("original", "transformed", "realigned"):
+        if not np.isfinite(ds[name].values).all():
+            raise FileError(
+                f"features file {path}, layer {layer!r}: {name} holds NaN or Inf; "
+                f"check the network with `featalign plugins check {attrs.get('network', '')}` "
+                f"and rebuild with: {rebuild}"
+            )
+    s, c, h, w = ds.original.shape
+    if ds.transformed.shape != (s, ds.sizes["transform"], c, h, w) or (
+        ds.realigned.shape != ds.transformed.shape
+    ):
+        raise FileError(
+            f"features file {path}, layer {layer!r}: shapes disagree (original "
+            f"{ds.original.shape}, transformed {ds.transformed.shape}, realigned "
+            f"{ds.realigned.shape}); delete it and rebuild with: {rebuild}"
+        )
+    grid = layer_grid(ds)
+    radius = region_fraction * min(grid.image_height or h, grid.image_width or w) / 2
+    try:
+        result = align_layer(
+            torch.from_numpy(ds.original.values),
+            torch.from_numpy(ds.transformed.values),
+            torch.from_numpy(ds.realigned.values),
+            torch.from_numpy(ds.matrix.values),
+            grid,
+            region_radius=radius,
+            families=[str(f) for f in ds.family.values],
+            starts_per_family=int(opts["starts_per_family"]),
+            method=str(opts["method"]),
+            dense_grid=int(opts["dense_grid"]),
+            dense_smoothness=float(opts["dense_smoothness"]),
+            dense_steps=int(opts["dense_steps"]),
+            ridge=float(opts["ridge"]),
+            seed=seed,
+            device=device,
+            progress=progress,
+            max_batch_elements=int(opts["max_batch_elements"]),
+        )
+    except ValueError as err:
+        if "region" in str(err).lower():
+            raise FileError(
+                f"features file {path}, layer {layer!r} ({h}x{w} at stride {grid.stride}): "
+                f"{err}"
+            ) from None
+        raise
+    starts = np.array(result.start_names, dtype=object)
+    dims2 = ("sample", "transform")
+    out = xr.Dataset(
+        {
+            "error": (
+                (*dims2, "measure"),
+                result.errors.numpy(),
+                {"long_name": "relative error", "units": "1", "normalisation": NORMALISATION},
+            ),
+            "affine_matrix": (
+                (*dims2, "row", "col"),
+                result.affine_matrix.numpy(),
+                {
+                    "long_name": "best affine warp of the transformed image's features",
+                    "units": "pixel",
+                    "transform_direction": "tgt_from_src (x -> A x + b), applied to Gamma(T_g f)",
+                    "coordinate_frame": "centred image pixel coordinates (x right, y down)",
+                },
+            ),
+            "affine_iterations": (dims2, result.affine_iterations.numpy().astype(np.int32),
+                                  {"long_name": "optimiser iterations", "units": "1"}),
+            "affine_converged": (dims2, result.affine_converged.numpy().astype(np.int8),
+                                 {"long_name": "optimiser converged (1) or not (0)", "units": "1"}),
+            "affine_start": (dims2, starts[result.affine_start.numpy()],
+                             {"long_name": "start of the winning optimisation"}),
+            "dense_displacement_rms": (
+                dims2, result.dense_displacement_rms.numpy(),
+                {"long_name": "rms displacement of the dense warp beyond the affine",
+                 "units": "pixel"},
+            ),
+        },
+        coords={
+            "sample": ds.sample.values,
+            "transform": ds.transform.values,
+            "measure": list(result.measures),
+            **{k: ds.coords[k] for k in ("family", "magnitude", "matrix", "row", "col")},
+        },
+        attrs=make_attrs(
+            f"featalign alignment of {attrs.get('network')} layer {layer} on "
+            f"{attrs.get('dataset')}",
+            config=config,
+            seed=seed,
+            rule=rule,
+            dataset=str(attrs.get("dataset", "")),
+            network=str(attrs.get("network", "")),
+            invariant_to=str(attrs.get("invariant_to", "")),
+            layer=layer,
+            depth=int(ds.attrs["depth"]),
+            stride=int(ds.attrs["stride"]),
+            channels=int(ds.attrs["channels"]),
+            offset_y=float(ds.attrs["offset_y"]),
+            offset_x=float(ds.attrs["offset_x"]),
+            image_height=int(ds.attrs["image_height"]),
+            image_width=int(ds.attrs["image_width"]),
+            region_radius_px=float(radius),
+            region_pixels=int(result.region_pixels),
+            features_sha256_of_config=str(attrs.get("config_sha256", "")),
+        ),
+    )
+    if tuple(result.measures) != MEASURES:
+        raise RuntimeError(f"measure order {result.measures} differs from {MEASURES}")
+    return out

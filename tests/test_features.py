@@ -1,0 +1,119 @@
+"""The feature stage: channel conversion, layer groups, geometry attributes, bad plugins."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from featalign import geometry
+from featalign.datasets import DatasetSpec, build_dataset
+from featalign.features import FeatureError, convert_channels, extract_features, layer_grid
+from featalign.io import write_netcdf
+from featalign.plugins import PluginError, build_extractor, get_network
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def dataset() -> xr.Dataset:
+    spec = DatasetSpec(name="feat", source="textures", samples=2, size=32, channels=1,
+                       window_radius=0.5)
+    return build_dataset(spec, {"translation": [2, 1], "rotation": [90]})
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return get_network("tiny", [TESTS / "plugins"])
+
+
+@pytest.fixture(scope="module")
+def tree(dataset, tiny) -> xr.DataTree:
+    return extract_features(dataset, tiny, {"width": 3}, progress=False)
+
+
+class TestConvertChannels:
+    def test_grey_to_colour_replicates(self):
+        x = torch.rand(2, 1, 4, 4)
+        y = convert_channels(x, 3)
+        assert y.shape == (2, 3, 4, 4) and torch.equal(y[:, 2], x[:, 0])
+
+    def test_colour_to_grey_is_luma(self):
+        x = torch.zeros(1, 3, 2, 2)
+        x[:, 1] = 1.0
+        assert torch.allclose(convert_channels(x, 1), torch.full((1, 1, 2, 2), 0.587))
+
+
+class TestExtractFeatures:
+    def test_layout(self, tree, dataset):
+        assert set(tree.children) == {"conv", "pool"}
+        pool = tree["pool"].to_dataset()
+        assert pool.original.dims == ("sample", "channel", "y", "x")
+        assert pool.transformed.shape == (2, 3, 3, 16, 16)
+        assert pool.attrs["stride"] == 2 and pool.attrs["channels"] == 3
+        assert pool.attrs["depth"] == 1
+        assert list(pool.family.values) == list(dataset.family.values)
+        assert tree.attrs["network"] == "tiny" and len(tree.attrs["plugin_sha256"]) == 64
+
+    def test_values_are_the_network(self, tree, dataset, tiny):
+        ex = build_extractor(tiny, {"width": 3})
+        with torch.no_grad():
+            want = ex(torch.from_numpy(dataset.image.values))["conv"]
+        np.testing.assert_allclose(tree["conv"].original.values, want.numpy(), rtol=1e-6)
+
+    def test_physical_coordinates(self, tree):
+        pool = tree["pool"].to_dataset()
+        # centred 2x2 pooling of a 32 px canvas: feature pixel k sits at 0.5 + 2k - 15.5
+        np.testing.assert_allclose(pool.x.values, 0.5 + 2 * np.arange(16) - 15.5)
+        grid = layer_grid(pool)
+        assert (grid.stride, grid.offset_x, grid.image_width) == (2.0, 0.5, 32)
+
+    def test_stride_multiple_translation_is_a_shift(self, tree):
+        """Γ(T_g f) equals T_g Γ(f) for a shift by the stride (the CNN is covariant)."""
+        pool = tree["pool"].to_dataset()
+        t = int(np.flatnonzero((pool.family.values == "translation")
+                               & (pool.magnitude.values == 2))[0])
+        moved = torch.from_numpy(pool.transformed.values[:, t]).double()
+        warped = geometry.warp(torch.from_numpy(pool.original.values).double(),
+                               torch.from_numpy(pool.matrix.values[t]), grid=layer_grid(pool))
+        inner = (slice(None), slice(None), slice(3, -3), slice(3, -3))
+        assert torch.allclose(moved[inner], warped[inner], atol=1e-5)
+
+    def test_file_round_trip_one_group(self, tree, tmp_path):
+        path = write_netcdf(tree, tmp_path / "f.nc")
+        with xr.open_dataset(path, group="pool") as pool:
+            np.testing.assert_array_equal(pool.original.values, tree["pool"].original.values)
+            assert pool.attrs["stride"] == 2
+        back = xr.open_datatree(path)
+        assert back.attrs["network"] == "tiny"
+
+    def test_canvas_not_divisible(self, tiny):
+        odd = build_dataset(
+            DatasetSpec(name="odd", source="textures", samples=1, size=30, channels=1,
+                        window_radius=0.5),
+            {"rotation": [10]},
+        )
+        odd = odd.isel(x=slice(0, 29), y=slice(0, 29))
+        with pytest.raises(FeatureError, match="stride 2, but dataset 'odd' has a 29x29 canvas; "
+                                               "make datasets.<name>.size a multiple of 2"):
+            extract_features(odd, tiny, {}, progress=False)
+
+    def test_nan_plugin_refused(self, dataset, tmp_path):
+        (tmp_path / "nanny.py").write_text(textwrap.dedent('''
+            import torch
+            from featalign.plugins import network
+
+            class Nan(torch.nn.Module):
+                def forward(self, x):
+                    return {"out": x * float("nan")}
+
+            @network(name="nanny", description="NaN", layers=["out"], in_channels=1)
+            def build():
+                return Nan()
+        '''))
+        with pytest.raises(PluginError, match=r"nanny.py: layer 'out' of network 'nanny' produced"):
+            extract_features(dataset, get_network("nanny", [tmp_path]), {}, progress=False)

@@ -1,0 +1,555 @@
+"""Figures: files written, sizes, axis labels, verdict marks, example panels, claims summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from featalign import geometry
+from featalign.figures import (
+    DISAGREEMENT_MARK,
+    MAGNITUDE_LABELS,
+    claims_summary_markdown,
+    default_transform,
+    example_panels,
+    plot_affine_vs_oracle,
+    plot_error_vs_magnitude,
+    plot_example_panel,
+    plot_excess_vs_depth,
+    plot_training_curve,
+    plot_verdict_grid,
+    problem_excess,
+)
+from featalign.summary import CLAIMS_COLUMNS, ERRORS_COLUMNS, claims_table
+
+NETWORKS = ("generic", "invariant")
+LAYERS = (("conv1", 0, 1, 4), ("conv2", 1, 2, 6))  # name, depth, stride, channels
+SWEEP = {"translation": (1.0, 2.0, 4.0), "rotation": (15.0, 30.0, 90.0), "shear": (0.1, 0.2, 0.3)}
+MEASURES = ("none", "oracle", "affine", "dense", "mixing", "input", "constant")
+SAMPLES = 4
+
+
+# --------------------------------------------------------------------------- synthetic inputs
+
+
+@pytest.fixture(scope="module")
+def errors() -> pd.DataFrame:
+    """2 networks × 2 layers × 3 families × 3 magnitudes × 4 samples × 7 measures."""
+    from featalign.summary import claim_family
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for net in NETWORKS:
+        for layer, depth, stride, channels in LAYERS:
+            t = 0
+            for fam, mags in SWEEP.items():
+                for mag in mags:
+                    cf = claim_family(fam, mag, stride)
+                    for s in range(SAMPLES):
+                        floor = 1e-3 * (1 + rng.random())
+                        aligned = fam == "translation" or (net == "invariant" and fam == "rotation")
+                        excess = 0.0 if aligned else 0.02 * (depth + 1) * (1 + rng.random())
+                        affine = floor + excess
+                        values = {
+                            "none": 0.5 + 0.3 * rng.random(),
+                            "oracle": 1.3 * affine,
+                            "affine": affine,
+                            "dense": 0.95 * affine + 0.05 * floor,
+                            "mixing": 0.05,
+                            "input": floor,
+                            "constant": 1.0,
+                        }
+                        for m in MEASURES:
+                            rows.append(
+                                {
+                                    "dataset": "toy",
+                                    "network": net,
+                                    "layer": layer,
+                                    "depth": depth,
+                                    "stride": stride,
+                                    "channels": channels,
+                                    "sample": s,
+                                    "transform": t,
+                                    "family": fam,
+                                    "claim_family": cf,
+                                    "magnitude": mag,
+                                    "measure": m,
+                                    "error": values[m],
+                                }
+                            )
+                    t += 1
+    return pd.DataFrame(rows, columns=list(ERRORS_COLUMNS))
+
+
+@pytest.fixture(scope="module")
+def claims(errors) -> pd.DataFrame:
+    # "invariant" declares rotation: its rotation claims are predicted aligned; declaring
+    # shear for "generic" makes its (unaligned) shear claims disagree.
+    table = claims_table(
+        errors, {"generic": ["shear"], "invariant": ["rotation"]}, margin=0.005, resamples=200
+    )
+    return table
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    h, w = mpimg.imread(path).shape[:2]
+    return w, h
+
+
+def _check_files(png: Path, pdf: Path, min_px: int = 300, max_px: int = 8000) -> None:
+    assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+    assert pdf.read_bytes()[:4] == b"%PDF"
+    w, h = _png_size(png)
+    assert min_px <= w <= max_px and min_px <= h <= max_px, (w, h)
+
+
+def _labels(fig) -> tuple[set[str], set[str]]:
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    return {ax.get_xlabel() for ax in axes}, {ax.get_ylabel() for ax in axes}
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class TestProblemExcess:
+    def test_matches_definition(self, errors):
+        exc = problem_excess(errors)
+        assert len(exc) == len(NETWORKS) * len(LAYERS) * 9 * SAMPLES
+        expected = np.minimum(exc["affine"], exc["dense"]) - exc["input"]
+        np.testing.assert_allclose(exc["excess"], expected)
+
+    def test_exception(self):
+        with pytest.raises(ValueError, match="lacks columns"):
+            problem_excess(pd.DataFrame({"error": [1.0]}))
+
+
+# --------------------------------------------------------------------------- 1. error vs magnitude
+
+
+class TestErrorVsMagnitude:
+    def test_smoke(self, errors, tmp_path):
+        png, pdf = tmp_path / "e.png", tmp_path / "e.pdf"
+        fig = plot_error_vs_magnitude(errors, "toy", "generic", png, pdf, n_boot=100)
+        _check_files(png, pdf)
+        grid = [ax for ax in fig.axes if ax.get_subplotspec() is not None]
+        assert len(grid) == len(LAYERS) * len(SWEEP)
+        xlabels, ylabels = _labels(fig)
+        assert {MAGNITUDE_LABELS[f] for f in SWEEP} <= xlabels
+        assert {"conv1\nrelative error", "conv2\nrelative error"} <= ylabels
+        assert all(ax.get_yscale() == "log" for ax in grid)
+        # one line per measure in each facet
+        assert len(grid[0].get_lines()) >= len(MEASURES)
+
+    def test_exception(self, errors, tmp_path):
+        with pytest.raises(ValueError, match="no errors for dataset 'toy', network 'nope'"):
+            plot_error_vs_magnitude(errors, "toy", "nope", tmp_path / "a.png", tmp_path / "a.pdf")
+
+
+# --------------------------------------------------------------------------- 2. excess vs depth
+
+
+class TestExcessVsDepth:
+    def test_smoke(self, errors, tmp_path):
+        png, pdf = tmp_path / "x.png", tmp_path / "x.pdf"
+        fig = plot_excess_vs_depth(errors, "toy", png, pdf, margin=0.005, n_boot=100)
+        _check_files(png, pdf)
+        xlabels, _ylabels = _labels(fig)
+        assert "layer depth (0 = first layer)" in xlabels
+        assert fig.get_supylabel() == "excess error: min(affine, dense) − input"
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        families = set(errors["claim_family"])
+        assert len(visible) == len(families)
+        # the margin is drawn as a dashed horizontal line in each facet
+        for ax in visible:
+            dashed = [
+                ln
+                for ln in ax.get_lines()
+                if ln.get_linestyle() == "--" and np.allclose(ln.get_ydata(), 0.005)
+            ]
+            assert len(dashed) == 1
+
+    def test_exception(self, errors, tmp_path):
+        with pytest.raises(ValueError, match="no errors for dataset 'other'"):
+            plot_excess_vs_depth(errors, "other", tmp_path / "a.png", tmp_path / "a.pdf")
+
+
+# --------------------------------------------------------------------------- 3. verdict grid
+
+
+class TestVerdictGrid:
+    def test_marks_exactly_the_disagreements(self, claims, tmp_path):
+        assert (claims["agreement"] == "no").sum() > 0  # the fixture must have some
+        png, pdf = tmp_path / "v.png", tmp_path / "v.pdf"
+        fig = plot_verdict_grid(claims, png, pdf)
+        _check_files(png, pdf)
+        ax = fig.axes[0]
+        marks = [t for t in ax.texts if t.get_gid() == "disagreement"]
+        assert all(t.get_text() == DISAGREEMENT_MARK for t in marks)
+        rows = [lab.get_text() for lab in ax.get_yticklabels()]
+        cols = [lab.get_text() for lab in ax.get_xticklabels()]
+        got = {(rows[round(t.get_position()[1])], cols[round(t.get_position()[0])]) for t in marks}
+        from featalign.figures import _family_label
+
+        want = {
+            (f"{r.dataset} / {r.network} / {r.layer}", _family_label(r.family))
+            for r in claims.itertuples()
+            if r.agreement == "no"
+        }
+        assert got == want and len(marks) == len(want)
+        assert ax.get_ylabel() == "dataset / network / layer"
+
+    def test_size_grows_with_rows(self, tmp_path):
+        def table(n_rows: int) -> pd.DataFrame:
+            rows = []
+            for i in range(n_rows):
+                for fam in ("translation", "rotation", "shear"):
+                    rows.append(
+                        {
+                            "dataset": "d",
+                            "network": f"net{i // 4}",
+                            "layer": f"l{i % 4}",
+                            "depth": i % 4,
+                            "stride": 1,
+                            "family": fam,
+                            "problems": 4,
+                            "prediction": "aligned",
+                            "verdict": "aligned",
+                            "excess_mean": 0.0,
+                            "ci_low": 0.0,
+                            "ci_high": 0.0,
+                            "margin": 0.005,
+                            "agreement": "yes",
+                        }
+                    )
+            return pd.DataFrame(rows, columns=list(CLAIMS_COLUMNS))
+
+        small = plot_verdict_grid(table(4), tmp_path / "s.png", tmp_path / "s.pdf")
+        big = plot_verdict_grid(table(40), tmp_path / "b.png", tmp_path / "b.pdf")
+        assert big.get_size_inches()[1] > 2 * small.get_size_inches()[1]
+        # ≥ 8 pt labels at 0.24 in per row: the rows have room for their labels
+        assert big.get_size_inches()[1] / 40 >= 8 / 72
+        assert not [t for t in big.axes[0].texts if t.get_gid() == "disagreement"]
+
+    def test_exception(self, tmp_path):
+        with pytest.raises(ValueError, match="empty"):
+            plot_verdict_grid(
+                pd.DataFrame(columns=list(CLAIMS_COLUMNS)), tmp_path / "a.png", tmp_path / "a.pdf"
+            )
+
+
+# --------------------------------------------------------------------------- 4. example panel
+
+IMAGE = 16
+
+
+def _transforms() -> tuple[list[str], list[float], np.ndarray]:
+    fams = ["translation", "rotation", "rotation", "shear"]
+    mags = [2.0, 90.0, 30.0, 0.2]
+    mats = np.stack([geometry.from_family(f, m).numpy() for f, m in zip(fams, mags)])
+    return fams, mags, mats
+
+
+def _coords(fams, mags, mats) -> dict:
+    return {
+        "family": ("transform", np.array(fams, dtype=object)),
+        "magnitude": ("transform", np.array(mags)),
+        "matrix": (("transform", "row", "col"), mats),
+        "row": ("row", ["x", "y"]),
+        "col": ("col", ["x", "y", "1"]),
+    }
+
+
+def _layer(rng, stride: int, channels: int, depth: int) -> xr.Dataset:
+    fams, mags, mats = _transforms()
+    n = IMAGE // stride
+    s, t = 2, len(fams)
+    shape4, shape5 = (s, channels, n, n), (s, t, channels, n, n)
+    orig = rng.standard_normal(shape4).astype(np.float32)
+    orig[:, 1] *= 3  # channel 1 has the most energy
+    attrs = {"long_name": "features", "units": "1"}
+    return xr.Dataset(
+        {
+            "original": (("sample", "channel", "y", "x"), orig, attrs),
+            "transformed": (
+                ("sample", "transform", "channel", "y", "x"),
+                rng.standard_normal(shape5).astype(np.float32),
+                attrs,
+            ),
+            "realigned": (
+                ("sample", "transform", "channel", "y", "x"),
+                rng.standard_normal(shape5).astype(np.float32),
+                attrs,
+            ),
+        },
+        coords=_coords(fams, mags, mats),
+        attrs={
+            "stride": stride,
+            "offset_y": (stride - 1) / 2,
+            "offset_x": (stride - 1) / 2,
+            "image_height": IMAGE,
+            "image_width": IMAGE,
+            "depth": depth,
+            "channels": channels,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def example_files(tmp_path_factory) -> dict:
+    rng = np.random.default_rng(1)
+    root = tmp_path_factory.mktemp("example")
+    fams, mags, mats = _transforms()
+    s, t = 2, len(fams)
+    img = rng.random((s, 1, IMAGE, IMAGE)).astype(np.float32)
+    dims5 = ("sample", "transform", "channel", "y", "x")
+    ds = xr.Dataset(
+        {
+            "image": (
+                ("sample", "channel", "y", "x"),
+                img,
+                {"long_name": "original image f", "units": "1"},
+            ),
+            "transformed": (dims5, rng.random((s, t, 1, IMAGE, IMAGE)).astype(np.float32)),
+            "realigned": (dims5, rng.random((s, t, 1, IMAGE, IMAGE)).astype(np.float32)),
+        },
+        coords=_coords(fams, mags, mats),
+        attrs={"dataset": "toy"},
+    )
+    dataset_path = root / "toy.nc"
+    ds.to_netcdf(dataset_path)
+    features, alignment = {}, {}
+    for k, net in enumerate(NETWORKS):
+        tree = xr.DataTree.from_dict(
+            {
+                "/": xr.Dataset(attrs={"network": net}),
+                "/conv1": _layer(rng, 1, 3, 0),
+                "/conv2": _layer(rng, 2, 4, 1),
+            }
+        )
+        features[net] = root / f"{net}.nc"
+        tree.to_netcdf(features[net])
+        aff = np.broadcast_to(geometry.invert(torch.from_numpy(mats)).numpy(), (s, t, 2, 3))
+        al = xr.Dataset(
+            {
+                "error": (("sample", "transform", "measure"), rng.random((s, t, 7))),
+                "affine_matrix": (("sample", "transform", "row", "col"), aff.copy()),
+            },
+            coords={**_coords(fams, mags, mats), "measure": list(MEASURES)},
+            attrs={"dataset": "toy", "network": net, "layer": "conv2", "depth": 1, "stride": 2},
+        )
+        if k == 0:
+            al.attrs["region_radius"] = 6.0
+        alignment[net] = root / f"{net}_conv2.nc"
+        al.to_netcdf(alignment[net])
+    return {"dataset": dataset_path, "features": features, "alignment": alignment}
+
+
+class TestExamplePanels:
+    @pytest.mark.parametrize("stride", [1, 2])
+    def test_oracle_is_the_inverse_warp(self, stride):
+        rng = np.random.default_rng(2)
+        layer = _layer(rng, stride, 3, 0)
+        _, _, mats = _transforms()
+        p = example_panels(layer, mats[2], sample=1, transform=2)
+        grid = geometry.Grid.centred(IMAGE, IMAGE, stride)
+        moving = torch.from_numpy(layer["transformed"].values[1, 2])[None]
+        want = geometry.warp(moving, geometry.invert(torch.from_numpy(mats[2])), grid=grid)[0]
+        assert p.channel == 1  # the channel with the most energy
+        np.testing.assert_allclose(p.maps["oracle"], want[1].numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(p.maps["original"], layer["original"].values[1, 1])
+        np.testing.assert_array_equal(p.maps["input"], layer["realigned"].values[1, 2, 1])
+        assert "affine" not in p.maps and set(p.errors) == {"none", "oracle", "input"}
+
+    def test_errors_and_affine(self):
+        rng = np.random.default_rng(3)
+        layer = _layer(rng, 2, 3, 0)
+        target = torch.from_numpy(layer["original"].values[0])
+        # transformed features = the original warped by g, so the oracle (nearly) undoes it
+        _, _, mats = _transforms()
+        g = torch.from_numpy(mats[1])  # 90° rotation: exact on the centred grid
+        grid = geometry.Grid.centred(IMAGE, IMAGE, 2)
+        moved = geometry.warp(target[None], g, grid=grid)[0]
+        layer["transformed"].values[0, 1] = moved.numpy()
+        layer["realigned"].values[0, 1] = target.numpy()
+        p = example_panels(
+            layer,
+            g.numpy(),
+            sample=0,
+            transform=1,
+            channel=2,
+            affine_matrix=geometry.invert(g).numpy(),
+        )
+        assert p.channel == 2
+        assert p.errors["oracle"] < 1e-10 and p.errors["affine"] < 1e-10
+        assert p.errors["input"] == 0.0 and p.errors["none"] > 0.1
+        np.testing.assert_allclose(p.maps["affine"], p.maps["oracle"])
+
+    def test_region_radius(self):
+        layer = _layer(np.random.default_rng(4), 1, 3, 0)
+        _, _, mats = _transforms()
+        full = example_panels(layer, mats[3], transform=3)
+        small = example_panels(layer, mats[3], transform=3, region_radius=3.0)
+        assert full.errors["none"] != small.errors["none"]
+
+    def test_exception(self):
+        layer = _layer(np.random.default_rng(5), 1, 3, 0)
+        with pytest.raises(ValueError, match="channel 7 is out of range for 3 channels"):
+            example_panels(layer, np.eye(2, 3), channel=7)
+
+
+class TestDefaultTransform:
+    def test_prefers_rotation_near_30(self):
+        fams, mags, _ = _transforms()
+        assert default_transform(fams, mags) == 2
+
+    def test_fallbacks(self):
+        assert default_transform(["translation", "reflection", "shear"], [1, 0, 0.3]) == 2
+        assert default_transform(["translation", "rotation"], [1, 180]) == 0
+
+
+class TestExamplePanel:
+    def test_smoke(self, example_files, tmp_path):
+        png, pdf = tmp_path / "p.png", tmp_path / "p.pdf"
+        fig = plot_example_panel(
+            example_files["dataset"],
+            example_files["features"],
+            example_files["alignment"],
+            {net: "conv2" for net in NETWORKS},
+            png,
+            pdf,
+        )
+        _check_files(png, pdf)
+        axes = fig.axes
+        assert len(axes) == 2 * 8
+        titles = [ax.get_title() for ax in axes]
+        assert sum("oracle error" in t for t in titles) == 2
+        assert sum("affine error" in t for t in titles) == 2
+        assert axes[0].get_ylabel() == "generic\nconv2, channel 1"
+        assert "rotation 30°" in fig.get_suptitle()
+
+    def test_missing_alignment(self, example_files, tmp_path):
+        fig = plot_example_panel(
+            example_files["dataset"],
+            {"generic": example_files["features"]["generic"]},
+            {},
+            {"generic": "conv1"},
+            tmp_path / "p.png",
+            tmp_path / "p.pdf",
+            transform=3,
+            channel=0,
+        )
+        assert "shear 0.2" in fig.get_suptitle()
+        assert not any("affine error" in ax.get_title() for ax in fig.axes)
+
+    def test_exception(self, example_files, tmp_path):
+        with pytest.raises(ValueError, match="no layer given for networks"):
+            plot_example_panel(
+                example_files["dataset"],
+                example_files["features"],
+                {},
+                {},
+                tmp_path / "p.png",
+                tmp_path / "p.pdf",
+            )
+
+
+# --------------------------------------------------------------------------- 5. affine vs oracle
+
+
+class TestAffineVsOracle:
+    def test_smoke(self, errors, tmp_path):
+        png, pdf = tmp_path / "a.png", tmp_path / "a.pdf"
+        fig = plot_affine_vs_oracle(errors, png, pdf)
+        _check_files(png, pdf)
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        assert [ax.get_title() for ax in visible] == sorted(NETWORKS)
+        assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in visible)
+        xlabels, ylabels = _labels(fig)
+        assert "oracle error, $T_g^{-1}\\Gamma(T_g f)$" in xlabels
+        assert "best affine warp error" in ylabels
+        points = sum(len(c.get_offsets()) for c in visible[0].collections)
+        assert points == len(LAYERS) * 9 * SAMPLES
+
+    def test_exception(self, errors, tmp_path):
+        with pytest.raises(ValueError, match="'affine' and 'oracle'"):
+            plot_affine_vs_oracle(
+                errors[errors["measure"] != "oracle"], tmp_path / "a.png", tmp_path / "a.pdf"
+            )
+
+
+# --------------------------------------------------------------------------- 6. training curve
+
+
+class TestTrainingCurve:
+    def test_smoke(self, tmp_path):
+        history = [
+            {"epoch": e, "loss": 2.0 / e, "heldout_accuracy": 0.8 + 0.05 * e} for e in range(1, 4)
+        ]
+        weights = tmp_path / "mnist.pt"
+        torch.save(
+            {
+                "state_dict": {"w": torch.zeros(2)},
+                "meta": {
+                    "heldout_accuracy": 0.95,
+                    "epochs": 3,
+                    "history": history,
+                    "n_heldout": 500,
+                },
+            },
+            weights,
+        )
+        png, pdf = tmp_path / "t.png", tmp_path / "t.pdf"
+        fig = plot_training_curve(weights, png, pdf)
+        _check_files(png, pdf)
+        ax_loss, ax_acc = fig.axes
+        assert ax_loss.get_xlabel() == ax_acc.get_xlabel() == "epoch"
+        assert ax_loss.get_ylabel() == "training loss (cross-entropy)"
+        assert ax_acc.get_ylabel() == "held-out accuracy (%)"
+        assert "95.0 %" in fig.get_suptitle()
+        np.testing.assert_allclose(ax_acc.get_lines()[0].get_ydata(), [85, 90, 95])
+
+    def test_exception(self, tmp_path):
+        weights = tmp_path / "bad.pt"
+        torch.save({"state_dict": {}, "meta": {"heldout_accuracy": 0.9}}, weights)
+        with pytest.raises(ValueError, match="has no training history"):
+            plot_training_curve(weights, tmp_path / "t.png", tmp_path / "t.pdf")
+
+
+# --------------------------------------------------------------------------- claims summary
+
+
+class TestClaimsSummary:
+    def test_counts_match_the_table(self, claims):
+        text = claims_summary_markdown(claims)
+        counts = claims["agreement"].value_counts()
+        yes, no, na = (int(counts.get(k, 0)) for k in ("yes", "no", "n/a"))
+        assert f"**yes {yes}**, **no {no}**, n/a {na}" in text
+        assert no > 0 and f"**Disagreements** ({no}):" in text
+        items = [ln for ln in text.splitlines() if ln.startswith("- ")]
+        assert len(items) == no
+        # the cross-tab rows sum to the table's size
+        header = next(ln for ln in text.splitlines() if ln.startswith("| verdict"))
+        preds = [c.strip() for c in header.strip("|").split("|")[1:]]
+        body = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("| ") and ln is not header and not ln.startswith("| verdict")
+        ]
+        total = 0
+        for ln in body:
+            cells = [c.strip() for c in ln.strip("|").split("|")]
+            v, nums = cells[0], [int(c) for c in cells[1:]]
+            for p, n in zip(preds, nums):
+                assert n == int(((claims["verdict"] == v) & (claims["prediction"] == p)).sum())
+            total += sum(nums)
+        assert total == len(claims)
+
+    def test_no_disagreements(self, claims):
+        ok = claims[claims["agreement"] != "no"]
+        assert "No disagreements." in claims_summary_markdown(ok)

@@ -1,0 +1,152 @@
+"""The measures of featalign.align: normalisation, constant baseline, region R, mixing."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from featalign import geometry as g
+from featalign.align import (
+    MEASURES,
+    NORMALISATION,
+    align_layer,
+    mixing_error,
+    region_mask,
+    relative_error,
+)
+
+
+def random_maps(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+class TestRegionMask:
+    def test_smoke(self) -> None:
+        mask = region_mask(g.Grid.image(16, 16), 4.0)
+        assert mask.shape == (16, 16) and mask.dtype == torch.bool
+        # symmetric about the canvas centre
+        assert torch.equal(mask, torch.flip(mask, (0,))) and torch.equal(mask, mask.T)
+
+    def test_uses_the_lattice(self) -> None:
+        """At stride 2 the feature pixel centres are image pixels 0.5, 2.5, ...: the disk of
+        radius 1 about the centre (31.5 of 64) holds the 2×2 central feature pixels, whose
+        centres sit at distance √2·1 = 1.41 — outside; radius 1.5 takes them in."""
+        grid = g.Grid.centred(64, 64, 2)
+        assert int(region_mask(grid, 1.5).sum()) == 4
+        with pytest.raises(ValueError):
+            region_mask(grid, 1.0)
+
+    def test_exception(self) -> None:
+        with pytest.raises(ValueError, match=r"8x8 feature pixels.*radius 0.1.*region.radius"):
+            region_mask(g.Grid.centred(64, 64, 8), 0.1)
+
+
+class TestRelativeError:
+    def test_constant_is_one(self) -> None:
+        t = random_maps(3, 5, 12, 12)
+        mask = region_mask(g.Grid.image(12, 12), 5.0)
+        mean = t[..., mask].mean(-1)[..., None, None].expand_as(t)
+        err = relative_error(mean, t, mask)
+        assert torch.allclose(err, torch.ones(3, dtype=torch.float64), atol=1e-12)
+        assert torch.equal(relative_error(t, t, mask), torch.zeros(3, dtype=torch.float64))
+        assert "mu_c" in NORMALISATION
+
+    def test_only_region_counts(self) -> None:
+        t = random_maps(1, 2, 10, 10)
+        mask = region_mask(g.Grid.image(10, 10), 3.0)
+        x = t.clone()
+        x[..., ~mask] = 100.0
+        assert float(relative_error(x, t, mask)) == 0.0
+
+
+class TestLayerMeasures:
+    def test_constant_none_input(self) -> None:
+        grid = g.Grid.centred(32, 32, 2)
+        target = random_maps(3, 4, 16, 16, seed=1)
+        moving = random_maps(3, 2, 4, 16, 16, seed=2)
+        realigned = random_maps(3, 2, 4, 16, 16, seed=3)
+        res = align_layer(
+            target,
+            moving,
+            realigned,
+            g.rotation(torch.tensor([10.0, 20.0])).double(),
+            grid,
+            region_radius=10.0,
+            families=["rotation"] * 2,
+            starts_per_family=1,
+            dense_steps=0,
+            progress=False,
+        )
+        mask = region_mask(grid, 10.0)
+        e = res.errors
+        assert torch.allclose(
+            e[..., MEASURES.index("constant")], torch.ones(3, 2, dtype=torch.float64)
+        )
+        none = relative_error(moving, target[:, None], mask)
+        assert torch.allclose(e[..., MEASURES.index("none")], none, rtol=1e-6)
+        inp = relative_error(realigned, target[:, None], mask)
+        assert torch.allclose(e[..., MEASURES.index("input")], inp, rtol=1e-6)
+        assert res.region_pixels == int(mask.sum())
+
+    def test_empty_region(self) -> None:
+        target = random_maps(2, 3, 8, 8)
+        moving = random_maps(2, 1, 3, 8, 8)
+        with pytest.raises(
+            ValueError, match=r"8x8 .*radius 1.0 image pixels; enlarge `region.radius`"
+        ):
+            align_layer(
+                target,
+                moving,
+                moving,
+                g.identity(1, torch.float64),
+                g.Grid.centred(64, 64, 8),
+                region_radius=1.0,
+                families=["rotation"],
+                progress=False,
+            )
+
+
+class TestMixing:
+    def _oracle_aligned(self, s: int, c: int = 6, seed: int = 0):
+        target = random_maps(s, c, 12, 12, seed=seed)
+        mask = region_mask(g.Grid.image(12, 12), 5.0)
+        return target, mask
+
+    def test_shared_map_is_found(self) -> None:
+        target, mask = self._oracle_aligned(8)
+        mix = random_maps(6, 6, seed=5) + 3 * torch.eye(6)
+        aligned = torch.einsum("dc,scyx->sdyx", torch.linalg.inv(mix), target - 0.5)[:, None]
+        err = mixing_error(aligned, target, mask, ridge=1e-8)
+        assert err.shape == (8, 1)
+        assert float(err.max()) < 1e-6
+
+    def test_no_leak_from_own_sample(self) -> None:
+        """Per-sample random channel permutations: a map fitted on a sample itself would give
+        zero error, any shared map fails on held-out samples."""
+        target, mask = self._oracle_aligned(8)
+        gen = torch.Generator().manual_seed(3)
+        perms = [torch.randperm(6, generator=gen) for _ in range(8)]
+        aligned = torch.stack([target[i, perms[i]] for i in range(8)])[:, None]
+        err = mixing_error(aligned, target, mask, ridge=1e-3)
+        assert float(err.min()) > 0.5, err
+
+    def test_in_align_layer_and_few_samples(self, caplog: pytest.LogCaptureFixture) -> None:
+        target = random_maps(1, 3, 16, 16)
+        moving = target[:, None]
+        with caplog.at_level(logging.WARNING, logger="featalign.align"):
+            res = align_layer(
+                target,
+                moving,
+                moving,
+                g.identity(1, torch.float64),
+                g.Grid.image(16, 16),
+                region_radius=6.0,
+                families=["shear"],
+                starts_per_family=0,
+                dense_steps=0,
+                progress=False,
+            )
+        assert torch.isnan(res.errors[..., MEASURES.index("mixing")]).all()
+        assert "mixing needs at least 2 samples" in caplog.text

@@ -1,0 +1,311 @@
+"""Tests of featalign.plugins: registry, discovery, extraction, and plugin conformance."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from featalign import plugins
+from featalign.plugins import (
+    FAMILIES,
+    SUBGROUPS,
+    PluginError,
+    build_extractor,
+    default_plugin_dirs,
+    get_network,
+    list_networks,
+    load_plugins,
+)
+
+TESTS_PLUGINS = Path(__file__).parent / "plugins"
+REPO_PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let every test register networks without leaking them into the others."""
+    monkeypatch.setattr(plugins, "_REGISTRY", dict(plugins._REGISTRY))
+    monkeypatch.setattr(plugins, "_PLUGIN_FILES", set(plugins._PLUGIN_FILES))
+
+
+def write_plugin(folder: Path, filename: str, name: str, body: str = "", **decl: str) -> Path:
+    """Write a plugin file declaring ``name``; ``decl`` overrides decorator arguments."""
+    args = {
+        "name": repr(name),
+        "description": repr("a test network"),
+        "layers": "['conv']",
+        "invariant_to": "[]",
+        "in_channels": "1",
+    }
+    args.update(decl)
+    body = body or "return torch.nn.Conv2d(1, 1, 3, padding=1)"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    path.write_text(
+        "import torch\nfrom featalign.plugins import network\n\n"
+        f"@network({', '.join(f'{k}={v}' for k, v in args.items())})\n"
+        "def build(**options):\n" + textwrap.indent(body, "    ") + "\n"
+    )
+    return path
+
+
+class TestNetworkDecorator:
+    def test_smoke(self, tmp_path: Path) -> None:
+        path = write_plugin(
+            tmp_path,
+            "a.py",
+            "  My_Net ",
+            layers="['c1', 'c2']",
+            invariant_to="['Rotation', 'flip']",
+            in_channels="3",
+        )
+        specs = load_plugins([tmp_path], entry_points=False)
+        spec = specs["my_net"]
+        assert spec.name == "my_net"
+        assert spec.layers == ("c1", "c2")
+        assert spec.invariant_to == ("rotation", "flip")
+        assert spec.in_channels == 3
+        assert spec.source == path.resolve()
+        assert spec.nodes is None and spec.train is None
+        assert spec.sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def test_returns_build_unchanged(self) -> None:
+        def build() -> torch.nn.Module:
+            return torch.nn.Identity()
+
+        out = plugins.network(name="unchanged_fn", description="d", layers=["x"])(build)
+        assert out is build
+        assert plugins._REGISTRY["unchanged_fn"].build is build
+
+    @pytest.mark.parametrize(
+        ("decl", "match"),
+        [
+            (
+                {"invariant_to": "['rotate']"},
+                r"a\.py: invariant_to entry 'rotate' .*rotation90, flip",
+            ),
+            ({"in_channels": "2"}, r"a\.py: .*in_channels=2; use 1 \(grey\) or 3"),
+            ({"layers": "[]"}, r"a\.py: .*at least one layer"),
+            ({"layers": "['a', 'a']"}, r"a\.py: .*layer 'a' more than once"),
+            ({"nodes": "{'zzz': 'n'}"}, r"a\.py: nodes .*'zzz', which is not in layers"),
+        ],
+    )
+    def test_exception(self, tmp_path: Path, decl: dict[str, str], match: str) -> None:
+        write_plugin(tmp_path, "a.py", "bad", **decl)
+        with pytest.raises(PluginError, match=match):
+            load_plugins([tmp_path], entry_points=False)
+
+    def test_families_and_subgroups(self) -> None:
+        assert "affine" in FAMILIES and "translation" in FAMILIES and len(FAMILIES) == 7
+        assert SUBGROUPS == ("rotation90", "flip")
+
+
+class TestLoadPlugins:
+    def test_duplicate_names_both_files(self, tmp_path: Path) -> None:
+        write_plugin(tmp_path / "one", "first.py", "twin")
+        write_plugin(tmp_path / "two", "second.py", "TWIN")
+        with pytest.raises(
+            PluginError, match=r"'twin' is registered twice, in .*first\.py and in .*second\.py"
+        ):
+            load_plugins([tmp_path / "one", tmp_path / "two"], entry_points=False)
+
+    def test_reentrant(self, tmp_path: Path) -> None:
+        write_plugin(tmp_path, "a.py", "again")
+        first = load_plugins([tmp_path], entry_points=False)["again"]
+        second = load_plugins([tmp_path], entry_points=False)["again"]
+        assert first.source == second.source
+        # the same folder named twice, and a second call, are not duplicates
+        assert "again" in load_plugins([tmp_path, tmp_path], entry_points=False)
+        assert sum(s.name == "again" for s in plugins._REGISTRY.values()) == 1
+
+    def test_import_failure_names_file_and_exception(self, tmp_path: Path) -> None:
+        (tmp_path / "broken.py").write_text("import torch\nraise RuntimeError('kaboom')\n")
+        with pytest.raises(
+            PluginError, match=r"broken\.py: failed to import \(RuntimeError: kaboom\)"
+        ):
+            load_plugins([tmp_path], entry_points=False)
+
+    def test_failure_leaves_registry_unchanged(self, tmp_path: Path) -> None:
+        write_plugin(tmp_path, "a_ok.py", "fine_net")
+        (tmp_path / "b_bad.py").write_text("raise ImportError('no such thing')\n")
+        before = dict(plugins._REGISTRY)
+        with pytest.raises(PluginError, match=r"b_bad\.py"):
+            load_plugins([tmp_path], entry_points=False)
+        assert plugins._REGISTRY == before
+
+    def test_missing_directory(self, tmp_path: Path) -> None:
+        with pytest.raises(PluginError, match=r"plugin directory .*nowhere does not exist"):
+            load_plugins([tmp_path / "nowhere"], entry_points=False)
+
+    def test_underscore_files_skipped(self, tmp_path: Path) -> None:
+        (tmp_path / "_helper.py").write_text("raise RuntimeError('must not be imported')\n")
+        write_plugin(tmp_path, "a.py", "uses_helper")
+        assert "uses_helper" in load_plugins([tmp_path], entry_points=False)
+
+    def test_scoped_to_directories(self, tmp_path: Path) -> None:
+        write_plugin(tmp_path / "x", "a.py", "only_in_x")
+        assert "only_in_x" in load_plugins([tmp_path / "x"], entry_points=False)
+        assert "only_in_x" not in load_plugins([TESTS_PLUGINS], entry_points=False)
+
+    def test_entry_points_dist_info(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A module advertised by an installed distribution's entry point is discovered."""
+        pkg = tmp_path / "site"
+        write_plugin(pkg, "fa_ep_demo_mod.py", "ep_demo")
+        dist = pkg / "fa_ep_demo-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fa-ep-demo\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text("[featalign.networks]\nep_demo = fa_ep_demo_mod\n")
+        monkeypatch.syspath_prepend(str(pkg))
+        monkeypatch.delitem(sys.modules, "fa_ep_demo_mod", raising=False)
+        specs = load_plugins([], entry_points=True)
+        assert specs["ep_demo"].source == (pkg / "fa_ep_demo_mod.py").resolve()
+        sys.modules.pop("fa_ep_demo_mod", None)
+
+    def test_entry_point_failure(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        ep = importlib.metadata.EntryPoint(
+            name="ghost", value="featalign_no_such_module_xyz", group="featalign.networks"
+        )
+
+        def fake(**kwargs: object) -> list[importlib.metadata.EntryPoint]:
+            assert kwargs == {"group": "featalign.networks"}
+            return [ep]
+
+        monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+        with pytest.raises(
+            PluginError,
+            match=r"entry point 'ghost = featalign_no_such_module_xyz'.*ModuleNotFoundError",
+        ):
+            load_plugins([], entry_points=True)
+
+
+class TestGetNetwork:
+    def test_smoke(self) -> None:
+        spec = get_network(" TINY ", [TESTS_PLUGINS])
+        assert spec.name == "tiny" and spec.in_channels == 1
+
+    def test_unknown_lists_names(self) -> None:
+        with pytest.raises(
+            PluginError,
+            match=r"no network is called 'nope'; available networks are: .*tiny.*vgg_random",
+        ):
+            get_network("nope", [TESTS_PLUGINS])
+
+
+class TestListNetworks:
+    def test_does_not_build(self, tmp_path: Path) -> None:
+        write_plugin(tmp_path, "a.py", "explodes", body="raise RuntimeError('built!')")
+        names = [s.name for s in list_networks([tmp_path])]
+        assert "explodes" in names and "vgg_random" in names
+        assert names == sorted(names)
+
+    def test_default_plugin_dirs(self) -> None:
+        assert REPO_PLUGINS.resolve() in default_plugin_dirs()
+
+
+class TestBuildExtractor:
+    def test_dict_module(self) -> None:
+        ex = build_extractor(get_network("tiny", [TESTS_PLUGINS]), {"width": 3})
+        out = ex(torch.rand(2, 1, 16, 16))
+        assert list(out) == ["conv", "pool"]
+        assert out["conv"].shape == (2, 3, 16, 16) and out["pool"].shape == (2, 3, 8, 8)
+        assert not ex.training and not any(p.requires_grad for p in ex.parameters())
+        assert ex.nodes is None
+
+    def test_wraps_by_node_names(self) -> None:
+        """tiny_nodes is tiny's net as nn.Sequential: the node outputs equal tiny's layers."""
+        x = torch.rand(2, 1, 16, 16)
+        native = build_extractor(get_network("tiny", [TESTS_PLUGINS]))(x)
+        ex = build_extractor(get_network("tiny_nodes", [TESTS_PLUGINS]))
+        wrapped = ex(x)
+        assert ex.nodes == {"conv": "1", "pool": "2"}
+        assert list(wrapped) == ["conv", "pool"]
+        for layer in ("conv", "pool"):
+            torch.testing.assert_close(wrapped[layer], native[layer])
+
+    def test_torchvision_model(self, tmp_path: Path) -> None:
+        write_plugin(
+            tmp_path,
+            "tv.py",
+            "tv_resnet",
+            layers="['early', 'layer2']",
+            in_channels="3",
+            nodes="{'early': 'layer1'}",
+            body="import torchvision\nreturn torchvision.models.resnet18(weights=None)",
+        )
+        out = build_extractor(get_network("tv_resnet", [tmp_path]))(torch.rand(1, 3, 64, 64))
+        assert list(out) == ["early", "layer2"]
+        assert out["early"].shape == (1, 64, 16, 16) and out["layer2"].shape == (1, 128, 8, 8)
+
+    def test_missing_node(self, tmp_path: Path) -> None:
+        write_plugin(
+            tmp_path,
+            "tv.py",
+            "tv_bad",
+            layers="['deep']",
+            in_channels="3",
+            nodes="{'deep': 'layer9'}",
+            body="import torchvision\nreturn torchvision.models.resnet18(weights=None)",
+        )
+        with pytest.raises(
+            PluginError,
+            match=r"tv\.py: layer 'deep' .*graph node 'layer9'.*featalign plugins nodes tv_bad",
+        ):
+            build_extractor(get_network("tv_bad", [tmp_path]))
+
+    def test_not_a_module(self, tmp_path: Path) -> None:
+        write_plugin(tmp_path, "a.py", "not_module", body="return 42")
+        with pytest.raises(
+            PluginError, match=r"a\.py: build\(\) .*returned int, not a torch.nn.Module"
+        ):
+            build_extractor(get_network("not_module", [tmp_path]))
+
+    def test_missing_layer_at_forward(self, tmp_path: Path) -> None:
+        body = (
+            "class M(torch.nn.Module):\n"
+            "    def forward(self, x):\n"
+            "        return {'other': x}\n"
+            "return M()"
+        )
+        write_plugin(tmp_path, "a.py", "missing_layer", body=body)
+        ex = build_extractor(get_network("missing_layer", [tmp_path]))
+        with pytest.raises(
+            PluginError,
+            match=r"a\.py: layer 'conv' .*missing from the module's output \(it has other\)",
+        ):
+            ex(torch.rand(1, 1, 8, 8))
+
+    def test_wrong_input_channels(self) -> None:
+        ex = build_extractor(get_network("tiny", [TESTS_PLUGINS]))
+        with pytest.raises(ValueError, match=r"\(N, 1, H, W\), got \(1, 3, 8, 8\)"):
+            ex(torch.rand(1, 3, 8, 8))
+
+
+def _conformance_names() -> list[str]:
+    try:
+        return [s.name for s in list_networks(default_plugin_dirs())]
+    except PluginError as exc:  # surfaced by the test below instead of breaking collection
+        return [f"<load error: {exc}>"]
+
+
+@pytest.mark.parametrize("name", _conformance_names())
+def test_conformance(name: str) -> None:
+    """Every registered network: declared layers, 4-D finite outputs on 1×C×64×64."""
+    if name.startswith("<load error"):
+        pytest.fail(name)
+    spec = get_network(name, default_plugin_dirs())
+    try:
+        ex = build_extractor(spec)
+    except (FileNotFoundError, ImportError) as exc:
+        pytest.skip(f"{name} needs something missing here: {type(exc).__name__}: {exc}")
+    with torch.no_grad():
+        out = ex(torch.rand(1, spec.in_channels, 64, 64))
+    assert list(out) == list(spec.layers)
+    for layer, t in out.items():
+        assert t.ndim == 4 and t.shape[0] == 1, layer
+        assert torch.isfinite(t).all(), layer

@@ -1,0 +1,19 @@
+# The best warp of each layer's feature maps, and every measure of the design:
+# results/alignment/{dataset}/{network}/{layer}.nc (one job per layer).
+
+
+rule align:
+    input:
+        features="results/features/{dataset}/{network}.nc",
+    output:
+        "results/alignment/{dataset}/{network}/{layer}.nc",
+    log:
+        "logs/align/{dataset}/{network}/{layer}.log",
+    conda:
+        "../../environment.yml"
+    threads: 2
+    params:
+        section=alignment_params,
+        device=config["device"],
+    script:
+        "../scripts/align.py"

@@ -1,0 +1,22 @@
+# Feature maps per dataset and network, one netCDF group per layer:
+# results/features/{dataset}/{network}.nc
+
+
+rule features:
+    input:
+        unpack(features_inputs),
+    output:
+        "results/features/{dataset}/{network}.nc",
+    log:
+        "logs/features/{dataset}/{network}.log",
+    conda:
+        "../../environment.yml"
+    threads: 2
+    params:
+        options=network_params,
+        plugin_dirs=PLUGIN_DIRS,
+        device=config["device"],
+        batch_size=config["features"]["batch_size"],
+        max_pad=config["features"]["max_pad"],
+    script:
+        "../scripts/features.py"

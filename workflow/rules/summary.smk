@@ -1,0 +1,23 @@
+# Tidy tables and verdicts: results/tables/errors.csv, results/tables/claims.csv
+
+
+rule summarize:
+    input:
+        alignment_files(),
+    output:
+        errors="results/tables/errors.csv",
+        claims=report(
+            "results/tables/claims.csv",
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
+    log:
+        "logs/summarize.log",
+    conda:
+        "../../environment.yml"
+    params:
+        invariances=invariances(),
+        claims=config["claims"],
+        seed=config["seed"],
+    script:
+        "../scripts/summarize.py"

@@ -1,0 +1,19 @@
+# Weights of networks that learn (a plugin's train= recipe), cached like any result:
+# results/weights/{network}.pt
+
+
+rule train:
+    input:
+        plugin=plugin_file,
+    output:
+        "results/weights/{network}.pt",
+    log:
+        "logs/train/{network}.log",
+    conda:
+        "../../environment.yml"
+    threads: 2
+    params:
+        options=network_params,
+        plugin_dirs=PLUGIN_DIRS,
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,21 @@
+"""Adapter: alignment files -> featalign.summary -> errors.csv and claims.csv."""
+
+from featalign.io import atomic_path
+from featalign.runtime import log_to
+from featalign.summary import claims_table, errors_table
+
+log_to(snakemake.log[0])  # noqa: F821
+claims_cfg = snakemake.params.claims  # noqa: F821
+errors = errors_table(snakemake.input)  # noqa: F821
+claims = claims_table(
+    errors,
+    snakemake.params.invariances,  # noqa: F821
+    margin=claims_cfg["margin"],
+    confidence=claims_cfg["confidence"],
+    resamples=claims_cfg["bootstrap"],
+    seed=snakemake.params.seed,  # noqa: F821
+)
+with atomic_path(snakemake.output.errors) as tmp:  # noqa: F821
+    errors.to_csv(tmp, index=False)
+with atomic_path(snakemake.output.claims) as tmp:  # noqa: F821
+    claims.to_csv(tmp, index=False)
