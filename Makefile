@@ -46,5 +46,9 @@ smoke: $(VENV)/.installed ## the test configuration, a run of seconds
 report: $(VENV)/.installed ## the HTML report of the last run: results/report.html
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml --report results/report.html
 
+bench: $(VENV)/.installed ## benchmarks against peers (QUICK=1 for a few minutes): results/benchmarks/
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/run.py $(if $(QUICK),--quick,)
+
 clean: ## remove results/ and logs/ (keeps .venv)
 	rm -rf results logs

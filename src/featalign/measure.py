@@ -200,7 +200,7 @@ def measure_layer(
             offset_x=float(ds.attrs["offset_x"]),
             image_height=int(ds.attrs["image_height"]),
             image_width=int(ds.attrs["image_width"]),
-            region_radius_px=float(radius),
+            region_radius=float(radius),
             region_pixels=int(result.region_pixels),
             features_sha256_of_config=str(attrs.get("config_sha256", "")),
         ),

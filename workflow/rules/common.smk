@@ -104,8 +104,66 @@ def invariances():
     return {n: list(spec.invariant_to) for n, spec in NETWORKS.items()}
 
 
+def example_networks():
+    """A generic network and an invariant counterpart for the example panel, with a layer each."""
+    chosen = config["figures"].get("example_networks") or []
+    if not chosen:
+        generic = [n for n, s in NETWORKS.items() if not s.invariant_to]
+        # the invariant counterpart: rotation-invariant, and as specific as possible
+        # (pointwise networks are invariant to everything and show nothing)
+        invariant = sorted(
+            (
+                n
+                for n, s in NETWORKS.items()
+                if {"rotation", "rotation90"} & set(s.invariant_to)
+            ),
+            key=lambda n: len(NETWORKS[n].invariant_to),
+        )
+        chosen = (generic[:1] + invariant[:1]) or list(NETWORKS)[:1]
+    return {n: NETWORKS[n].layers[len(NETWORKS[n].layers) // 2] for n in chosen}
+
+
+def example_inputs(wildcards):
+    nets = [
+        n
+        for n in example_networks()
+        if wildcards.dataset in network_datasets(config, n)
+    ]
+    layer = example_networks()
+    return {
+        "dataset": f"results/datasets/{wildcards.dataset}.nc",
+        "features": [f"results/features/{wildcards.dataset}/{n}.nc" for n in nets],
+        "alignment": [
+            f"results/alignment/{wildcards.dataset}/{n}/{layer[n]}.nc" for n in nets
+        ],
+    }
+
+
+def trained_networks():
+    return [n for n, s in NETWORKS.items() if s.train is not None]
+
+
+def figure_files():
+    out = []
+    for kind in ("verdict_grid", "affine_vs_oracle"):
+        out += [f"results/figures/{kind}.{ext}" for ext in ("png", "pdf")]
+    for d in DATASETS:
+        if not any(d in network_datasets(config, n) for n in NETWORKS):
+            continue
+        for kind in ("excess_vs_depth", "example_panel"):
+            out += [f"results/figures/{d}/{kind}.{ext}" for ext in ("png", "pdf")]
+    for d, n in pairs():
+        out += [
+            f"results/figures/{d}/{n}/error_vs_magnitude.{e}" for e in ("png", "pdf")
+        ]
+    for n in trained_networks():
+        out += [f"results/figures/training/{n}.{e}" for e in ("png", "pdf")]
+    return out
+
+
 def all_outputs():
     return [
         "results/tables/errors.csv",
         "results/tables/claims.csv",
-    ]
+        "results/tables/claims_summary.md",
+    ] + figure_files()

@@ -11,6 +11,7 @@ rule summarize:
             caption="../report/claims.rst",
             category="Claims",
         ),
+        summary="results/tables/claims_summary.md",
     log:
         "logs/summarize.log",
     conda:

@@ -1,5 +1,6 @@
 """Adapter: alignment files -> featalign.summary -> errors.csv and claims.csv."""
 
+from featalign.figures import claims_summary_markdown
 from featalign.io import atomic_path
 from featalign.runtime import log_to
 from featalign.summary import claims_table, errors_table
@@ -19,3 +20,5 @@ with atomic_path(snakemake.output.errors) as tmp:  # noqa: F821
     errors.to_csv(tmp, index=False)
 with atomic_path(snakemake.output.claims) as tmp:  # noqa: F821
     claims.to_csv(tmp, index=False)
+with atomic_path(snakemake.output.summary) as tmp:  # noqa: F821
+    tmp.write_text(claims_summary_markdown(claims))

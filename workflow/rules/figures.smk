@@ -1,0 +1,118 @@
+# Figures (PNG and PDF) for the report: results/figures/...
+
+
+rule figure_error_vs_magnitude:
+    input:
+        "results/tables/errors.csv",
+    output:
+        png=report(
+            "results/figures/{dataset}/{network}/error_vs_magnitude.png",
+            caption="../report/error_vs_magnitude.rst",
+            category="Error against magnitude",
+            subcategory="{network}",
+            labels={"dataset": "{dataset}", "network": "{network}"},
+        ),
+        pdf="results/figures/{dataset}/{network}/error_vs_magnitude.pdf",
+    log:
+        "logs/figures/{dataset}/{network}/error_vs_magnitude.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_excess_vs_depth:
+    input:
+        "results/tables/errors.csv",
+    output:
+        png=report(
+            "results/figures/{dataset}/excess_vs_depth.png",
+            caption="../report/excess_vs_depth.rst",
+            category="Excess against depth",
+            labels={"dataset": "{dataset}"},
+        ),
+        pdf="results/figures/{dataset}/excess_vs_depth.pdf",
+    log:
+        "logs/figures/{dataset}/excess_vs_depth.log",
+    conda:
+        "../../environment.yml"
+    params:
+        margin=config["claims"]["margin"],
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_verdict_grid:
+    input:
+        "results/tables/claims.csv",
+    output:
+        png=report(
+            "results/figures/verdict_grid.png",
+            caption="../report/verdict_grid.rst",
+            category="Claims",
+        ),
+        pdf="results/figures/verdict_grid.pdf",
+    log:
+        "logs/figures/verdict_grid.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_affine_vs_oracle:
+    input:
+        "results/tables/errors.csv",
+    output:
+        png=report(
+            "results/figures/affine_vs_oracle.png",
+            caption="../report/affine_vs_oracle.rst",
+            category="Optimiser",
+        ),
+        pdf="results/figures/affine_vs_oracle.pdf",
+    log:
+        "logs/figures/affine_vs_oracle.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_example_panel:
+    input:
+        unpack(example_inputs),
+    output:
+        png=report(
+            "results/figures/{dataset}/example_panel.png",
+            caption="../report/example_panel.rst",
+            category="Examples",
+            labels={"dataset": "{dataset}"},
+        ),
+        pdf="results/figures/{dataset}/example_panel.pdf",
+    log:
+        "logs/figures/{dataset}/example_panel.log",
+    conda:
+        "../../environment.yml"
+    params:
+        layers=example_networks(),
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_training_curve:
+    input:
+        "results/weights/{network}.pt",
+    output:
+        png=report(
+            "results/figures/training/{network}.png",
+            caption="../report/training_curve.rst",
+            category="Training",
+            labels={"network": "{network}"},
+        ),
+        pdf="results/figures/training/{network}.pdf",
+    log:
+        "logs/figures/training/{network}.log",
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/figure.py"
