@@ -286,19 +286,23 @@ class TestBuildExtractor:
             ex(torch.rand(1, 3, 8, 8))
 
 
+CONFORMANCE_DIRS = [*default_plugin_dirs(), TESTS_PLUGINS]
+
+
 def _conformance_names() -> list[str]:
     try:
-        return [s.name for s in list_networks(default_plugin_dirs())]
+        return [s.name for s in list_networks(CONFORMANCE_DIRS)]
     except PluginError as exc:  # surfaced by the test below instead of breaking collection
         return [f"<load error: {exc}>"]
 
 
 @pytest.mark.parametrize("name", _conformance_names())
 def test_conformance(name: str) -> None:
-    """Every registered network: declared layers, 4-D finite outputs on 1×C×64×64."""
+    """Every registered network (built-in, tests/plugins, entry points): declared layers,
+    4-D finite outputs on 1×C×64×64."""
     if name.startswith("<load error"):
         pytest.fail(name)
-    spec = get_network(name, default_plugin_dirs())
+    spec = get_network(name, CONFORMANCE_DIRS)
     try:
         ex = build_extractor(spec)
     except (FileNotFoundError, ImportError) as exc:

@@ -177,10 +177,15 @@ def test_editing_a_plugin_reruns_only_its_jobs(user_plugin_run):
     edited = plugins / "my_blur.py"
     edited.write_text(edited.read_text().replace("/ 5)", "/ 4)"))
     after = snakemake(work, "-n", "--configfile", str(config))
-    assert planned_outputs(after) == [
+    planned = planned_outputs(after)
+    features = [p for p in planned if p.startswith("results/features/")]
+    assert features == [
         "results/features/tiny_digits/my_blur.nc",
         "results/features/tiny_photos/my_blur.nc",
     ]
+    # downstream of my_blur reruns too (its alignment, figures, the tables); my_other does not
+    assert any(p.startswith("results/alignment/tiny_photos/my_blur/") for p in planned)
+    assert not [p for p in planned if "my_other" in p], planned
 
 
 def test_unknown_network_refused(tmp_path):

@@ -44,6 +44,8 @@ from typing import Any
 
 import torch
 
+from featalign.geometry import FAMILIES
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "FAMILIES",
@@ -63,16 +65,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FAMILIES: tuple[str, ...] = (
-    "translation",
-    "rotation",
-    "reflection",
-    "scaling",
-    "anisotropic_scaling",
-    "shear",
-    "affine",
-)
-"""Families of affine transformations a network may declare invariance to."""
+# FAMILIES (re-exported): the families a network may declare invariance to are the
+# transformation families of featalign.geometry, defined once there.
 
 SUBGROUPS: tuple[str, ...] = ("rotation90", "flip")
 """Exact subgroups of the pixel grid: multiples of 90°, and reflections about the
