@@ -45,6 +45,7 @@ __all__ = [
     "errors_table",
     "predicted",
     "verdict",
+    "verdict_grid_markdown",
 ]
 
 #: Claim families in display order (see the module docstring).
@@ -249,3 +250,41 @@ def claims_table(
     out["_f"] = out["family"].map(order)
     out = out.sort_values(["dataset", "network", "depth", "_f"]).drop(columns="_f")
     return out.reset_index(drop=True)
+
+
+_SYMBOL = {"aligned": "A", "not aligned": "N", "inconclusive": "?"}
+
+
+def verdict_grid_markdown(claims: pd.DataFrame, dataset: str) -> str:
+    """The verdict grid of one dataset as a Markdown table (for the README and the note).
+
+    Cells: ``A`` aligned, ``N`` not aligned, ``?`` inconclusive; a cell that
+    disagrees with the network's declared prediction is bold; ``·`` no such case.
+
+    Example:
+        >>> c = pd.DataFrame([dict(dataset="d", network="n", layer="l", depth=0,
+        ...     family="shear", verdict="aligned", agreement="no")])
+        >>> print(verdict_grid_markdown(c, "d"))
+        | network / layer | shear |
+        |---|:-:|
+        | n / l | **A** |
+    """
+    sub = claims[claims["dataset"] == dataset]
+    fams = [f for f in CLAIM_FAMILIES if f in set(sub["family"])]
+    lines = [
+        "| network / layer | " + " | ".join(fams) + " |",
+        "|---|" + ":-:|" * len(fams),
+    ]
+    rows = sub.sort_values(["network", "depth"])[["network", "layer"]].drop_duplicates()
+    for network, layer in rows.itertuples(index=False):
+        cells = []
+        for fam in fams:
+            hit = sub[(sub.network == network) & (sub.layer == layer) & (sub.family == fam)]
+            if hit.empty:
+                cells.append("·")
+                continue
+            r = hit.iloc[0]
+            sym = _SYMBOL.get(r["verdict"], "?")
+            cells.append(f"**{sym}**" if r["agreement"] == "no" else sym)
+        lines.append(f"| {network} / {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -3,7 +3,7 @@
 from featalign.figures import claims_summary_markdown
 from featalign.io import atomic_path
 from featalign.runtime import log_to
-from featalign.summary import claims_table, errors_table
+from featalign.summary import claims_table, errors_table, verdict_grid_markdown
 
 log_to(snakemake.log[0])  # noqa: F821
 claims_cfg = snakemake.params.claims  # noqa: F821
@@ -20,5 +20,9 @@ with atomic_path(snakemake.output.errors) as tmp:  # noqa: F821
     errors.to_csv(tmp, index=False)
 with atomic_path(snakemake.output.claims) as tmp:  # noqa: F821
     claims.to_csv(tmp, index=False)
+grids = [
+    f"\n### Verdict grid: {d}\n\n{verdict_grid_markdown(claims, d)}\n"
+    for d in claims["dataset"].unique()
+]
 with atomic_path(snakemake.output.summary) as tmp:  # noqa: F821
-    tmp.write_text(claims_summary_markdown(claims))
+    tmp.write_text(claims_summary_markdown(claims) + "".join(grids))
