@@ -74,7 +74,9 @@ def check_schema(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
         hint = "allowed keys: " + ", ".join(sorted(error.schema.get("properties", {})))
     if error.validator == "required":
         hint = "see config/README.md"
-    raise ConfigError(f"{key}: {error.message}" + (f" ({hint})" if hint else ""))
+    message = f"{key}: {error.message}" + (f" ({hint})" if hint else "")
+    # one line: folded YAML descriptions end in a newline, values may hold some
+    raise ConfigError(" ".join(message.split()))
 
 
 def dataset_transforms(config: Mapping[str, Any], name: str) -> dict[str, list[float]]:
@@ -205,6 +207,28 @@ def network_datasets(config: Mapping[str, Any], name: str) -> list[str]:
     return list(opts.get("datasets") or config["datasets"])
 
 
+def _check_options(name: str, spec: Any, options: Mapping[str, Any]) -> None:
+    """Refuse options that the plugin's ``build()`` does not take (a typo would
+    otherwise fail inside the feature job, with a TypeError, after the dataset stage)."""
+    import inspect
+
+    try:
+        params = inspect.signature(spec.build).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    takes = [p.name for p in params
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for option in options:
+        if option not in takes:
+            raise ConfigError(
+                f"networks.{name}.{option}: build() of network {name!r} "
+                f"({spec.display_source}) takes no option {option!r}; it takes "
+                f"{', '.join(takes) or 'none'} (and datasets)"
+            )
+
+
 def check_networks(config: Mapping[str, Any]) -> dict[str, Any]:
     """Resolve the configured networks to their plugins, refusing unknown names and files.
 
@@ -212,7 +236,7 @@ def check_networks(config: Mapping[str, Any]) -> dict[str, Any]:
         {name: NetworkSpec} for every key of ``networks``, in config order.
 
     Raises:
-        ConfigError: an unknown network or dataset name, a missing weight file.
+        ConfigError: an unknown network, option or dataset name, a missing weight file.
         featalign.plugins.PluginError: a plugin that fails to load (names the file).
     """
     from pathlib import Path
@@ -237,6 +261,7 @@ def check_networks(config: Mapping[str, Any]) -> dict[str, Any]:
                     f"networks.{name}.datasets: unknown dataset {ds!r}; configured datasets: "
                     f"{', '.join(config['datasets'])}"
                 )
+        _check_options(name, specs[name], network_options(config, name))
         weights = network_options(config, name).get("weights")
         if weights is not None and not Path(str(weights)).is_file():
             raise ConfigError(

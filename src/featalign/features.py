@@ -200,8 +200,17 @@ def extract_features(
     )
     stack = convert_channels(stack, spec.in_channels).contiguous()
 
-    extractor = build_extractor(spec, options).to(device)
-    probes = probe_grid(extractor, spec.in_channels, size=h)
+    try:
+        extractor = build_extractor(spec, options).to(device)
+        probes = probe_grid(extractor, spec.in_channels, size=h)
+    except PluginError:
+        raise
+    except Exception as exc:  # a user's plugin can raise anything: name the file
+        raise PluginError(
+            f"{spec.display_source}: network '{spec.name}' failed while being built and "
+            f"probed on a {h}x{w} input ({type(exc).__name__}: {exc}); fix the plugin and "
+            f"check it with `featalign plugins check {spec.name}`"
+        ) from exc
     for layer, p in probes.items():
         if h % p.stride or w % p.stride:
             raise FeatureError(

@@ -9,9 +9,13 @@ target, so that a crash leaves the old file or none, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -135,15 +139,67 @@ def _check_attrs(attrs: Mapping[str, Any], where: str = "file") -> dict[str, Any
     return out
 
 
+#: Free bytes below which a failed write is blamed on a full disk (netCDF/HDF5 report
+#: ENOSPC only as "NetCDF: HDF error").
+FULL_DISK_BYTES = 1 << 20
+
+
+def _temp_prefix(path: Path) -> str:
+    """Prefix of the temporary files of ``path``: hidden, naming this host and process."""
+    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Remove temporary files of ``path`` left by writers on this host that were killed.
+
+    A writer killed with SIGKILL (or by a power cut) cannot remove its temporary
+    file. Only files named by :func:`_temp_prefix` for this host whose process no
+    longer exists are removed, so a live writer (here or on another node of a
+    shared file system) is never disturbed.
+    """
+    pattern = re.compile(
+        rf"^\.{re.escape(path.name)}\.{re.escape(socket.gethostname())}-(\d+)\.[^.]*\.tmp$"
+    )
+    for cand in path.parent.glob(f".{path.name}.*.tmp"):
+        m = pattern.match(cand.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                cand.unlink()
+        except OSError:  # alive, owned by another user
+            pass
+
+
+def _disk_full(folder: Path, exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_DISK_BYTES
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
+    Temporary files are hidden and end in ``.tmp`` (no output pattern matches
+    them); those of writers on this host that were killed are removed by the next
+    write of the same file.
+
+    Raises:
+        FileError: the write failed because the disk is full (the message names
+            the file, the free space and what to do); other errors propagate.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_dead_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -159,6 +215,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except (OSError, RuntimeError) as exc:
+        if not _disk_full(path.parent, exc):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise FileError(
+            f"cannot write {path}: no space left on device ({free} bytes free in "
+            f"{path.parent}; {type(exc).__name__}: {exc}); free some space or point the "
+            "working directory (snakemake --directory) to a larger disk, then rerun the "
+            "same command"
+        ) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -197,6 +263,7 @@ def open_dataset(
     kind: str,
     rebuild: str,
     variables: tuple[str, ...] = (),
+    attrs: tuple[str, ...] = (),
     group: str | None = None,
 ) -> xr.Dataset:
     """Open a featalign netCDF file (fully loaded), refusing anything that is not one.
@@ -206,6 +273,7 @@ def open_dataset(
         kind: what it should be, for messages ("dataset", "features" …).
         rebuild: the command that rebuilds it, for messages.
         variables: data variables that must be present.
+        attrs: attributes that must be present (``stride`` of a layer …).
         group: a netCDF group to open (one layer of a features file).
 
     Raises:
@@ -226,9 +294,9 @@ def open_dataset(
     if not src.startswith("featalign"):
         raise FileError(
             f"{kind} file {path} was not written by featalign (no 'source' attribute); "
-            f"rebuild it with: {rebuild}"
+            f"delete it and rebuild with: {rebuild}"
         )
-    missing = [v for v in variables if v not in ds]
+    missing = [v for v in variables if v not in ds] + [a for a in attrs if a not in ds.attrs]
     if missing:
         raise FileError(
             f"{kind} file {path} lacks {', '.join(missing)} (written by {src}?); "

@@ -90,7 +90,15 @@ def measure_layer(
     opts = {**ALIGNMENT_DEFAULTS, **dict(options or {})}
     path = Path(features_path)
     rebuild = f"snakemake {path}"
-    layers = layer_names(path) if path.exists() else []
+    if not path.exists():
+        raise FileError(f"features file {path} does not exist; build it with: {rebuild}")
+    try:
+        layers = layer_names(path)
+    except OSError as exc:
+        raise FileError(
+            f"features file {path} cannot be read ({exc}); it is damaged or incomplete: "
+            f"delete it and rebuild with: {rebuild}"
+        ) from exc
     if layer not in layers:
         raise FileError(
             f"features file {path} has no layer {layer!r} (it has {', '.join(layers) or 'none'}); "
@@ -99,8 +107,12 @@ def measure_layer(
     root = xr.open_datatree(path)
     attrs = dict(root.attrs)
     root.close()
-    ds = open_dataset(path, kind="features", rebuild=rebuild, group=layer,
-                      variables=("original", "transformed", "realigned"))
+    ds = open_dataset(
+        path, kind="features", rebuild=rebuild, group=layer,
+        variables=("original", "transformed", "realigned"),
+        attrs=("stride", "offset_y", "offset_x", "image_height", "image_width", "depth",
+               "channels"),
+    )
     for name in ("original", "transformed", "realigned"):
         if not np.isfinite(ds[name].values).all():
             raise FileError(

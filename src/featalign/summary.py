@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import xarray as xr
+
+from featalign.io import open_dataset
 
 __all__ = [
     "CLAIM_FAMILIES",
@@ -174,8 +175,10 @@ def errors_table(paths: Iterable[str | Path]) -> pd.DataFrame:
     """
     frames = []
     for path in paths:
-        with xr.open_dataset(path) as ds:
-            ds = ds.load()
+        ds = open_dataset(
+            path, kind="alignment", rebuild=f"snakemake {path}", variables=("error",),
+            attrs=("dataset", "network", "layer", "stride", "depth", "channels"),
+        )
         a = ds.attrs
         err = ds["error"]
         df = err.to_dataframe(name="error").reset_index()
