@@ -1,0 +1,83 @@
+"""Benchmark 4: feature extraction, images/s at batch size 32 against a batch-1 loop.
+
+The built-in network ``vgg_random`` (``featalign.plugins.get_network`` + ``build_extractor``,
+all three layers returned, as the feature stage runs it) on smooth random RGB textures of
+64×64 pixels, zero-padded by 8 px as the feature stage pads the canvas, under
+``torch.inference_mode``. The batch-32 pass and the batch-1 loop over the same images
+are timed alternately; the fastest of each is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from common import Goal, set_threads, smooth_fields, write_json
+
+from featalign.plugins import build_extractor, get_network
+
+NAME = "features"
+#: The goal of the batched throughput over the batch-1 loop.
+TARGET = 1.5
+
+
+def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
+    """Run benchmark 4, write ``results/benchmarks/features.json`` and return its goals."""
+    set_threads(2)
+    count = 32 if tiny else 64 if quick else 256
+    repeats = 1 if tiny else 3
+    size, pad, batch = 64, 8, 32
+    print(f"[features] vgg_random, {count} images 3x{size}x{size}, batch {batch} vs 1", flush=True)
+    spec = get_network("vgg_random")
+    extractor = build_extractor(spec)
+    images = smooth_fields(count, 3, size, 2.0, torch.Generator().manual_seed(0))
+    images = F.pad(images, (pad, pad, pad, pad))
+
+    def run(bs: int) -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for lo in range(0, count, bs):
+                extractor(images[lo : lo + bs])
+        return time.perf_counter() - t0
+
+    run(batch)  # warm-up
+    run(1)
+    seconds: dict[str, list[float]] = {"batch32": [], "batch1": []}
+    for _ in range(repeats):
+        seconds["batch32"].append(run(batch))
+        seconds["batch1"].append(run(1))
+    rate = {k: count / min(v) for k, v in seconds.items()}
+    ratio = rate["batch32"] / rate["batch1"]
+    print(
+        f"  batch {batch}: {rate['batch32']:.0f} images/s, batch 1: {rate['batch1']:.0f} images/s"
+    )
+    payload = {
+        "network": "vgg_random",
+        "images": count,
+        "image_size": size,
+        "padding": pad,
+        "batch_size": batch,
+        "seconds": seconds,
+        "images_per_second": rate,
+    }
+    goals = [
+        Goal(
+            f"feature extraction speed-up, batch {batch} vs batch 1",
+            f"{ratio:.2f}x",
+            f">= {TARGET:g}x",
+            ratio >= TARGET,
+        )
+    ]
+    write_json(NAME, payload, goals, quick or tiny)
+    return goals
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tiny", action="store_true")
+    a = ap.parse_args()
+    for goal in main(a.quick, a.tiny):
+        print(goal.line())
