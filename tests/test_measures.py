@@ -122,6 +122,17 @@ class TestMixing:
         assert err.shape == (8, 1)
         assert float(err.max()) < 1e-6
 
+    def test_samples_of_two_kinds_each_held_out_well(self) -> None:
+        """Grey-like samples (features in a 2-D subspace) alternating with colour-like ones:
+        a fixed even/odd split would fit on one kind only and fail on the other (it did,
+        error 1.8 on exactly aligned features); leave-one-out always trains on both."""
+        target, mask = self._oracle_aligned(4)
+        basis = random_maps(6, 2, seed=9)  # (6, 2): the 2-D subspace
+        grey = torch.einsum("ck,skyx->scyx", basis, target[:, :2])
+        target = torch.where((torch.arange(4) % 2 == 0)[:, None, None, None], grey, target)
+        err = mixing_error(target[:, None], target, mask, ridge=1e-6)
+        assert float(err.max()) < 1e-3, err
+
     def test_no_leak_from_own_sample(self) -> None:
         """Per-sample random channel permutations: a map fitted on a sample itself would give
         zero error, any shared map fails on held-out samples."""

@@ -942,7 +942,13 @@ def fit_dense(
 def _mixing_from_points(
     aligned: torch.Tensor, target: torch.Tensor, denom: torch.Tensor, ridge: float
 ) -> torch.Tensor:
-    """2-fold cross-fitted ridge 1×1 maps: aligned (S, T, C, N), target (S, C, N) -> (S, T)."""
+    """Leave-one-out ridge 1×1 maps: aligned (S, T, C, N), target (S, C, N) -> (S, T).
+
+    Each sample is scored by a map fitted on all the *other* samples (never on
+    itself). Leave-one-out rather than two folds: with few samples a fixed split
+    can put all of one kind of image (say the grey photographs) on one side, and a
+    map fitted there cannot speak for the rest.
+    """
     s_count, t_count, c, n = aligned.shape
     out = torch.full((s_count, t_count), float("nan"), dtype=torch.float64)
     if s_count < 2:
@@ -950,20 +956,19 @@ def _mixing_from_points(
         return out
     x = torch.cat([aligned.double(), aligned.new_ones(s_count, t_count, 1, n).double()], 2)
     y = target.double()
-    fold = torch.arange(s_count) % 2  # deterministic split by sample index: even / odd
     xtx = torch.einsum("stin,stjn->stij", x, x)  # (S, T, C+1, C+1)
     xty = torch.einsum("stin,sjn->stij", x, y)  # (S, T, C+1, C)
+    a_all, b_all = xtx.sum(0), xty.sum(0)
     eye = torch.eye(c + 1, dtype=torch.float64)
     eye[-1, -1] = 0.0  # the bias is not penalised
-    for f in (0, 1):
-        train, test = fold == f, fold != f
-        a = xtx[train].sum(0)  # (T, C+1, C+1)
-        b = xty[train].sum(0)
+    for held in range(s_count):
+        a = a_all - xtx[held]  # (T, C+1, C+1): every sample but the held-out one
+        b = b_all - xty[held]
         scale = torch.diagonal(a[:, :-1, :-1], dim1=1, dim2=2).mean(-1).clamp_min(_TINY)
         mixing = torch.linalg.solve(a + ridge * scale[:, None, None] * eye, b)  # (T, C+1, C)
-        pred = torch.einsum("stin,tij->stjn", x[test], mixing)
-        num = (pred - y[test][:, None]).pow(2).sum((-2, -1))
-        out[test] = num / denom[test][:, None]
+        pred = torch.einsum("tin,tij->tjn", x[held], mixing)
+        num = (pred - y[held][None]).pow(2).sum((-2, -1))
+        out[held] = num / denom[held]
     return out
 
 
@@ -972,9 +977,9 @@ def mixing_error(
 ) -> torch.Tensor:
     """Held-out error of a 1×1 channel map (C×C plus bias) per transform, fitted by ridge.
 
-    Cross-fitting: samples are split by index into even and odd; a map fitted on the
-    pixels in R of one half scores the other, and vice versa, so every sample gets a
-    held-out score and none is scored by a map fitted on itself. The ridge penalty is
+    Leave-one-out: each sample is scored by a map fitted on the pixels in R of all
+    the other samples, so every sample gets a held-out score and none is scored by
+    a map fitted on itself. The ridge penalty is
     ``ridge`` × the mean diagonal of XᵀX (scale-free), the bias unpenalised.
 
     Args:
