@@ -423,6 +423,20 @@ class TestAlignLayer:
         assert len(res.start_names) == 1 + 8 + 1 == res.start_matrix.shape[1]
         assert res.dense_control.shape == (2, 2, 2, 6, 6)
 
+    def test_memory_bound_chunks_without_changing_results(self) -> None:
+        """A small max_batch_elements splits the batch into chunks; the answer is the same."""
+        target, moving, realigned, _, grid = self._inputs()
+        gs = torch.cat([g.rotation(20.0), g.shear(0.2)]).double()
+        moving = torch.stack([g.warp(target, gs[t]) for t in range(2)], 1)
+        kwargs = dict(region_radius=RADIUS, families=["rotation", "shear"], starts_per_family=1,
+                      dense_steps=0, progress=False)
+        whole = align_layer(target, moving, realigned, gs, grid, **kwargs)
+        chunked = align_layer(target, moving, realigned, gs, grid, max_batch_elements=4096,
+                              **kwargs)
+        torch.testing.assert_close(chunked.errors, whole.errors, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(chunked.affine_matrix, whole.affine_matrix, rtol=1e-6,
+                                   atol=1e-8)
+
     @pytest.mark.parametrize("which", ["target", "moving", "realigned"])
     def test_nan_names_the_input(self, which: str) -> None:
         inputs = dict(zip(["target", "moving", "realigned"], self._inputs()[:3]))

@@ -117,3 +117,27 @@ class TestExtractFeatures:
         '''))
         with pytest.raises(PluginError, match=r"nanny.py: layer 'out' of network 'nanny' produced"):
             extract_features(dataset, get_network("nanny", [tmp_path]), {}, progress=False)
+
+
+def test_timeout_fails_a_slow_network(dataset, tmp_path):
+    (tmp_path / "sloth.py").write_text(textwrap.dedent('''
+        import time
+        import torch
+        from featalign.plugins import network
+
+        class Sloth(torch.nn.Module):
+            def forward(self, x):
+                time.sleep(0.5)
+                return {"out": x}
+
+        @network(name="sloth", description="slow", layers=["out"], in_channels=1)
+        def build():
+            return Sloth()
+    '''))
+    spec = get_network("sloth", [tmp_path])
+    with pytest.raises(PluginError, match=r"sloth.py: network 'sloth' took longer than "
+                                          r"features.timeout = 1 s on dataset 'feat'"):
+        extract_features(dataset, spec, {}, timeout=1.0, batch_size=1, progress=False)
+    # without a limit the same network completes
+    tree = extract_features(dataset.isel(sample=[0], transform=[0]), spec, {}, progress=False)
+    assert "out" in tree.children

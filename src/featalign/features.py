@@ -28,9 +28,12 @@ so one layer reads without the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -160,6 +163,7 @@ def extract_features(
     device: torch.device | str = "cpu",
     batch_size: int = 32,
     max_pad: int = 96,
+    timeout: float = 0.0,
     progress: bool = True,
     config: Any = None,
     rule: str = "",
@@ -173,6 +177,8 @@ def extract_features(
         device: where to run the network.
         batch_size: images per forward pass.
         max_pad: the largest zero padding (pixels per side) against border effects.
+        timeout: seconds the network may take to build and run (0: no limit); a
+            network that takes longer fails its own job with a PluginError.
         progress: show a progress bar (on stderr, i.e. the job's log).
         config: recorded as provenance.
         rule: the Snakemake rule, recorded as provenance.
@@ -184,6 +190,46 @@ def extract_features(
         FeatureError: the canvas is not divisible by a layer's stride.
         PluginError: the network breaks its contract (non-finite outputs …).
     """
+    with _time_limit(timeout, spec, str(dataset.attrs.get("dataset", "dataset"))):
+        return _extract(dataset, spec, options, device=device, batch_size=batch_size,
+                        max_pad=max_pad, progress=progress, config=config, rule=rule)
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, spec: NetworkSpec, dataset: str) -> Iterator[None]:
+    """Raise PluginError in the main thread when the block runs longer than ``seconds``."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise PluginError(
+            f"{spec.display_source}: network '{spec.name}' took longer than features.timeout "
+            f"= {seconds:g} s on dataset '{dataset}'; make it faster, give it fewer or smaller "
+            "images, or raise features.timeout"
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _extract(
+    dataset: xr.Dataset,
+    spec: NetworkSpec,
+    options: Mapping[str, Any] | None,
+    *,
+    device: torch.device | str,
+    batch_size: int,
+    max_pad: int,
+    progress: bool,
+    config: Any,
+    rule: str,
+) -> xr.DataTree:
     from featalign.nets import probe_grid
 
     device = torch.device(device)

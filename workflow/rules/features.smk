@@ -18,5 +18,6 @@ rule features:
         device=config["device"],
         batch_size=config["features"]["batch_size"],
         max_pad=config["features"]["max_pad"],
+        timeout=config["features"]["timeout"],
     script:
         "../scripts/features.py"

@@ -23,6 +23,7 @@ tree = extract_features(
     device=resolve_device(p.device),
     batch_size=p.batch_size,
     max_pad=p.max_pad,
+    timeout=p.timeout,
     config={"network": p.options, "dataset_config_sha256": dataset.attrs["config_sha256"]},
     rule="features",
 )
