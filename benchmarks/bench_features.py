@@ -9,12 +9,11 @@ are timed alternately; the fastest of each is compared.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 import torch.nn.functional as F
-from common import Goal, set_threads, smooth_fields, write_json
+from common import Goal, run_standalone, set_threads, smooth_fields, write_json
 
 from featalign.plugins import build_extractor, get_network
 
@@ -75,9 +74,4 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--tiny", action="store_true")
-    a = ap.parse_args()
-    for goal in main(a.quick, a.tiny):
-        print(goal.line())
+    run_standalone(main, __doc__)

@@ -20,12 +20,11 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import Goal, make_problems, set_threads, time_call, write_json
+from common import Goal, make_problems, run_standalone, set_threads, time_call, write_json
 
 from featalign.align import fit_affine
 from featalign.geometry import identity, to_theta
@@ -165,9 +164,4 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--tiny", action="store_true")
-    a = ap.parse_args()
-    for goal in main(a.quick, a.tiny):
-        print(goal.line())
+    run_standalone(main, __doc__)

@@ -9,11 +9,10 @@ least disturbed sample on a shared machine). Goal: 8 starts cost at most 3× one
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
-from common import Goal, error_summary, make_problems, set_threads, write_json
+from common import Goal, error_summary, make_problems, run_standalone, set_threads, write_json
 
 from featalign.align import fit_affine, grid_symmetries
 from featalign.geometry import identity
@@ -66,9 +65,4 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--tiny", action="store_true")
-    a = ap.parse_args()
-    for goal in main(a.quick, a.tiny):
-        print(goal.line())
+    run_standalone(main, __doc__)

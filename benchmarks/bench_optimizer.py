@@ -38,7 +38,6 @@ proportion to the batch.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 import warnings
@@ -55,6 +54,7 @@ from common import (
     from_theta,
     make_problems,
     matrix_rms_pixels,
+    run_standalone,
     set_threads,
     write_json,
 )
@@ -399,9 +399,4 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--tiny", action="store_true")
-    a = ap.parse_args()
-    for goal in main(a.quick, a.tiny):
-        print(goal.line())
+    run_standalone(main, __doc__)

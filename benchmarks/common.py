@@ -428,3 +428,15 @@ def write_json(name: str, payload: dict[str, Any], goals: list[Goal], quick: boo
     }
     path.write_text(json.dumps(doc, indent=2, default=float) + "\n")
     return path
+
+
+def run_standalone(main: Any, doc: str | None) -> None:
+    """Command line of a single benchmark script: ``--quick``/``--tiny``, goal lines printed."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tiny", action="store_true")
+    a = ap.parse_args()
+    for goal in main(a.quick, a.tiny):
+        print(goal.line())
