@@ -41,6 +41,8 @@ import pytest
 import xarray as xr
 import yaml
 from conftest import BIN, ROOT, snakemake
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from featalign.io import FileError, atomic_path, open_dataset, write_netcdf
 
@@ -602,9 +604,6 @@ def test_corrupted_dataset_refused_through_snakemake(baseline, slow_setup, tmp_p
 # ---------------------------------------------------------------------------
 # 4. config fuzzing
 # ---------------------------------------------------------------------------
-
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 FUZZ_BASE = small_config({"pointwise": {"width": 4}, "vgg_random": {"width": 4}})
 FUZZ_BASE["transforms"] = yaml.safe_load(TEST_CONFIG.read_text())["transforms"]

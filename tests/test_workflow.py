@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import xarray as xr
 import yaml
-
 from conftest import ROOT, snakemake
+
 from featalign.io import TIME_ATTRS
 
 TEST_CONFIG = ROOT / "config" / "test.yaml"

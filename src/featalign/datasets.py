@@ -20,7 +20,6 @@ keeps it inside the canvas. Generation is seeded and deterministic.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache

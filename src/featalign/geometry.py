@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
