@@ -503,8 +503,10 @@ class TestAlignLayer:
             )
 
     @pytest.mark.slow
-    def test_timing_target(self) -> None:
-        """S=4, T=14, C=32, 64×64, 12 starts: well under a minute on 2 cores."""
+    def test_realistic_layer(self) -> None:
+        """S=4, T=14, C=32, 64×64, 12 starts: every measure finite, affine ≤ oracle.
+
+        Its time is printed, not asserted (the speed goals live in benchmarks/)."""
         images = textures(4, seed=12)
         fams = [f for f, _ in FAMILY_MAGNITUDES] * 2
         gen = torch.Generator().manual_seed(1)
@@ -532,4 +534,6 @@ class TestAlignLayer:
             f"({ {k: round(v, 1) for k, v in res.seconds.items()} })"
         )
         assert len(res.start_names) == 12
-        assert seconds < 120  # wall time on a shared 2-core runner; ~5 s when idle
+        errors = res.errors[..., [MEASURES.index(m) for m in ("none", "oracle", "affine")]]
+        assert bool(torch.isfinite(errors).all())
+        assert bool((res.errors[..., MEASURES.index("affine")] <= errors[..., 1] + 1e-12).all())
