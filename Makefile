@@ -37,7 +37,7 @@ test: $(VENV)/.installed ## run the test suite (what CI runs)
 
 lint: $(VENV)/.installed ## ruff, snakefmt --check, snakemake --lint
 	$(VENV)/bin/ruff check src tests plugins benchmarks workflow/scripts
-	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	$(VENV)/bin/snakefmt --check workflow/Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint --configfile config/test.yaml
 
 smoke: $(VENV)/.installed ## the test configuration, a run of seconds

@@ -9,6 +9,8 @@ rule align:
         "results/alignment/{dataset}/{network}/{layer}.nc",
     log:
         "logs/align/{dataset}/{network}/{layer}.log",
+    benchmark:
+        "logs/align/{dataset}/{network}/{layer}.tsv"
     conda:
         "../../environment.yml"
     threads: 2

@@ -6,6 +6,8 @@ rule dataset:
         "results/datasets/{dataset}.nc",
     log:
         "logs/dataset/{dataset}.log",
+    benchmark:
+        "logs/dataset/{dataset}.tsv"
     conda:
         "../../environment.yml"
     params:

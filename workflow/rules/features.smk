@@ -9,6 +9,8 @@ rule features:
         "results/features/{dataset}/{network}.nc",
     log:
         "logs/features/{dataset}/{network}.log",
+    benchmark:
+        "logs/features/{dataset}/{network}.tsv"
     conda:
         "../../environment.yml"
     threads: 2

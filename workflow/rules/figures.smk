@@ -15,6 +15,8 @@ rule figure_error_vs_magnitude:
         pdf="results/figures/{dataset}/{network}/error_vs_magnitude.pdf",
     log:
         "logs/figures/{dataset}/{network}/error_vs_magnitude.log",
+    benchmark:
+        "logs/figures/{dataset}/{network}/error_vs_magnitude.tsv"
     conda:
         "../../environment.yml"
     script:
@@ -34,6 +36,8 @@ rule figure_excess_vs_depth:
         pdf="results/figures/{dataset}/excess_vs_depth.pdf",
     log:
         "logs/figures/{dataset}/excess_vs_depth.log",
+    benchmark:
+        "logs/figures/{dataset}/excess_vs_depth.tsv"
     conda:
         "../../environment.yml"
     params:
@@ -54,6 +58,8 @@ rule figure_verdict_grid:
         pdf="results/figures/verdict_grid.pdf",
     log:
         "logs/figures/verdict_grid.log",
+    benchmark:
+        "logs/figures/verdict_grid.tsv"
     conda:
         "../../environment.yml"
     script:
@@ -72,6 +78,8 @@ rule figure_affine_vs_oracle:
         pdf="results/figures/affine_vs_oracle.pdf",
     log:
         "logs/figures/affine_vs_oracle.log",
+    benchmark:
+        "logs/figures/affine_vs_oracle.tsv"
     conda:
         "../../environment.yml"
     script:
@@ -91,6 +99,8 @@ rule figure_example_panel:
         pdf="results/figures/{dataset}/example_panel.pdf",
     log:
         "logs/figures/{dataset}/example_panel.log",
+    benchmark:
+        "logs/figures/{dataset}/example_panel.tsv"
     conda:
         "../../environment.yml"
     params:
@@ -112,6 +122,8 @@ rule figure_training_curve:
         pdf="results/figures/training/{network}.pdf",
     log:
         "logs/figures/training/{network}.log",
+    benchmark:
+        "logs/figures/training/{network}.tsv"
     conda:
         "../../environment.yml"
     script:

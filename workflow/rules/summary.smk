@@ -14,6 +14,8 @@ rule summarize:
         summary="results/tables/claims_summary.md",
     log:
         "logs/summarize.log",
+    benchmark:
+        "logs/summarize.tsv"
     conda:
         "../../environment.yml"
     params:

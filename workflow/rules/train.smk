@@ -9,6 +9,8 @@ rule train:
         "results/weights/{network}.pt",
     log:
         "logs/train/{network}.log",
+    benchmark:
+        "logs/train/{network}.tsv"
     conda:
         "../../environment.yml"
     threads: 2
