@@ -15,6 +15,7 @@ rule align:
         "../../environment.yml"
     threads: 2
     params:
+        code=code("align.py"),
         section=alignment_params,
         device=config["device"],
     script:

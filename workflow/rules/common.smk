@@ -15,6 +15,7 @@ from featalign.config import (
     network_options,
 )
 from featalign.plugins import PluginError
+from featalign.provenance import code_digest
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 
@@ -37,6 +38,18 @@ wildcard_constraints:
 
 
 DATASETS = list(config["datasets"])
+
+
+def code(script):
+    """Digest of a rule's script and the featalign code it imports: a change reruns its jobs."""
+    return code_digest(workflow.source_path(f"../scripts/{script}"))
+
+
+def network_code(script):
+    """As code(), with the network's plugin file and the featalign modules it imports."""
+    return lambda wildcards: code_digest(
+        workflow.source_path(f"../scripts/{script}"), plugin_file(wildcards)
+    )
 
 
 def dataset_params(wildcards):

@@ -11,6 +11,7 @@ rule dataset:
     conda:
         "../../environment.yml"
     params:
+        code=code("dataset.py"),
         section=dataset_params,
     script:
         "../scripts/dataset.py"

@@ -15,6 +15,7 @@ rule features:
         "../../environment.yml"
     threads: 2
     params:
+        code=network_code("features.py"),
         options=network_params,
         plugin_dirs=PLUGIN_DIRS,
         device=config["device"],

@@ -19,6 +19,8 @@ rule figure_error_vs_magnitude:
         "logs/figures/{dataset}/{network}/error_vs_magnitude.tsv"
     conda:
         "../../environment.yml"
+    params:
+        code=code("figure.py"),
     script:
         "../scripts/figure.py"
 
@@ -41,6 +43,7 @@ rule figure_excess_vs_depth:
     conda:
         "../../environment.yml"
     params:
+        code=code("figure.py"),
         margin=config["claims"]["margin"],
     script:
         "../scripts/figure.py"
@@ -62,6 +65,8 @@ rule figure_verdict_grid:
         "logs/figures/verdict_grid.tsv"
     conda:
         "../../environment.yml"
+    params:
+        code=code("figure.py"),
     script:
         "../scripts/figure.py"
 
@@ -82,6 +87,8 @@ rule figure_affine_vs_oracle:
         "logs/figures/affine_vs_oracle.tsv"
     conda:
         "../../environment.yml"
+    params:
+        code=code("figure.py"),
     script:
         "../scripts/figure.py"
 
@@ -104,6 +111,7 @@ rule figure_example_panel:
     conda:
         "../../environment.yml"
     params:
+        code=code("figure.py"),
         layers=example_networks(),
     script:
         "../scripts/figure.py"
@@ -126,5 +134,7 @@ rule figure_training_curve:
         "logs/figures/training/{network}.tsv"
     conda:
         "../../environment.yml"
+    params:
+        code=code("figure.py"),
     script:
         "../scripts/figure.py"

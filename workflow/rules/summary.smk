@@ -19,6 +19,7 @@ rule summarize:
     conda:
         "../../environment.yml"
     params:
+        code=code("summarize.py"),
         invariances=invariances(),
         claims=config["claims"],
         seed=config["seed"],

@@ -15,6 +15,7 @@ rule train:
         "../../environment.yml"
     threads: 2
     params:
+        code=network_code("train.py"),
         options=network_params,
         plugin_dirs=PLUGIN_DIRS,
     script:
