@@ -207,6 +207,30 @@ class TestListNetworks:
     def test_default_plugin_dirs(self) -> None:
         assert REPO_PLUGINS.resolve() in default_plugin_dirs()
 
+    def test_a_second_checkout_uses_its_own_plugins(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Running a copy of the repository (featalign installed from the first) must not
+        see every built-in network twice, and must use the copy's own plugin files."""
+        (tmp_path / "src" / "featalign").mkdir(parents=True)
+        (tmp_path / "src" / "featalign" / "__init__.py").write_text("")
+        (tmp_path / "plugins").mkdir()
+        for f in REPO_PLUGINS.glob("*.py"):
+            (tmp_path / "plugins" / f.name).write_text(f.read_text())
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(plugins, "_REGISTRY", {})  # a fresh process, as a workflow job
+        assert default_plugin_dirs() == [(tmp_path / "plugins").resolve()]
+        spec = get_network("vgg_random")
+        assert spec.source == (tmp_path / "plugins" / "vgg_random.py").resolve()
+
+    def test_a_project_folder_adds_its_plugins_to_the_built_in_ones(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        write_plugin(tmp_path / "plugins", "mine.py", "mine")
+        monkeypatch.chdir(tmp_path)
+        assert default_plugin_dirs() == [REPO_PLUGINS.resolve(), (tmp_path / "plugins").resolve()]
+        assert {"mine", "vgg_random"} <= {s.name for s in list_networks()}
+
 
 class TestBuildExtractor:
     def test_dict_module(self) -> None:

@@ -355,13 +355,21 @@ def default_plugin_dirs() -> list[Path]:
     """Return the built-in plugin folders.
 
     The repository's ``plugins/`` folder (next to ``src/``) if it exists, and the
-    working directory's ``./plugins`` if it exists and is a different folder.
+    working directory's ``./plugins`` if it exists and is a different folder. When the
+    working directory is itself a featalign checkout (it has ``src/featalign/``), only
+    its own ``./plugins`` is used: it holds the same built-in networks as the checkout
+    featalign was installed from, and running a second checkout (a copy, a clone for
+    an experiment) must use that checkout's plugins, not fail on every name twice.
 
     Returns:
         Resolved directory paths, without duplicates.
     """
+    cwd = Path.cwd()
+    package = Path(__file__).resolve().parents[2] / "plugins"
+    if (cwd / "src" / "featalign" / "__init__.py").is_file():
+        package = cwd / "plugins"
     dirs: list[Path] = []
-    for cand in (Path(__file__).resolve().parents[2] / "plugins", Path.cwd() / "plugins"):
+    for cand in (package, cwd / "plugins"):
         if cand.is_dir():
             resolved = cand.resolve()
             if resolved not in dirs:
