@@ -29,6 +29,7 @@ import bench_features
 import bench_floor
 import bench_multistart
 import bench_optimizer
+import bench_workflow
 import common
 from common import Goal
 
@@ -38,6 +39,7 @@ BENCHMARKS = {
     "floor": bench_floor.main,
     "multistart": bench_multistart.main,
     "features": bench_features.main,
+    "workflow": bench_workflow.main,  # last: it runs Snakemake for minutes
 }
 
 

@@ -118,3 +118,58 @@ class TestCommon:
 
         assert goal_line("x speed-up", "3.0x", ">= 2x", True) == "x speed-up: 3.0x (goal >= 2x) met"
         assert GOAL_LINE.match(goal_line("a (28x28)", "1.0 %", ">= 99 %", False))
+
+
+@pytest.fixture(scope="module")
+def tiny_workflow(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """``run.py --tiny --only workflow``: the dry runs of config/paper.yaml and config/test.yaml."""
+    out = tmp_path_factory.mktemp("workflow_benchmark")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--tiny",
+            "--only",
+            "workflow",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    return proc, out
+
+
+class TestWorkflow:
+    def test_smoke(self, tiny_workflow: tuple[subprocess.CompletedProcess, Path]) -> None:
+        proc, _ = tiny_workflow
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def test_paper_job_count_goal(
+        self, tiny_workflow: tuple[subprocess.CompletedProcess, Path]
+    ) -> None:
+        proc, _ = tiny_workflow
+        tail = proc.stdout.split("== goals", 1)[1].splitlines()[1:]
+        lines = [ln for ln in tail if not ln.startswith("==")]
+        for line in lines:
+            assert GOAL_LINE.match(line), line
+        (line,) = [ln for ln in lines if ln.startswith("workflow jobs of config/paper.yaml:")]
+        assert int(GOAL_LINE.match(line)["measured"]) > 0
+
+    def test_json_job_counts(self, tiny_workflow: tuple[subprocess.CompletedProcess, Path]) -> None:
+        _, results = tiny_workflow
+        doc = json.loads((results / "workflow.json").read_text())
+        assert doc["benchmark"] == "workflow"
+        for config in ("config/paper.yaml", "config/test.yaml"):
+            dry = doc["results"]["dry_runs"][config]
+            assert dry["jobs"]["all"] == 1, config
+            assert dry["total"] == sum(dry["jobs"].values()) > 1, config
+        assert doc["results"]["runs"] == {}  # --tiny runs nothing
+        for g in doc["goals"]:
+            assert GOAL_LINE.match(g["line"]), g["line"]

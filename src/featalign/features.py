@@ -45,6 +45,7 @@ from featalign import __version__
 from featalign.geometry import Grid
 from featalign.io import file_sha256, make_attrs
 from featalign.plugins import NetworkSpec, PluginError, build_extractor
+from featalign.runtime import BatchSizer, is_out_of_memory
 
 __all__ = ["FeatureError", "convert_channels", "extract_features", "layer_grid", "padding_for"]
 
@@ -138,18 +139,31 @@ def _forward_all(
     """
     out: dict[str, np.ndarray] = {}
     n = images.shape[0]
+    sizer = BatchSizer(device, batch_size, limit=n)
     bar = tqdm(total=n, desc=label, unit="img", disable=not progress, mininterval=1.0)
+    start = 0
     with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            batch = images[start : start + batch_size].to(device)
+        while start < n:
+            size = sizer.size
+            batch = images[start : start + size].to(device)
             if pad:
                 batch = torch.nn.functional.pad(batch, (pad, pad, pad, pad))
-            feats = extractor(batch)
+            try:
+                with sizer.measure(batch.shape[0]):
+                    feats = extractor(batch)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                del batch
+                sizer.shrink(exc)
+                continue
             for layer, (k0, hl, wl) in crops.items():
                 f = feats[layer][..., k0 : k0 + hl, k0 : k0 + wl].float().cpu().numpy()
                 if layer not in out:
                     out[layer] = np.empty((n, *f.shape[1:]), dtype=np.float32)
                 out[layer][start : start + f.shape[0]] = f
+            del feats
+            start += batch.shape[0]
             bar.update(batch.shape[0])
     bar.close()
     return out
@@ -175,7 +189,9 @@ def extract_features(
         spec: the network.
         options: keyword options of the network's ``build``.
         device: where to run the network.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (on CUDA the first batch's size: the
+            next ones are sized to the GPU's free memory, see
+            :class:`featalign.runtime.BatchSizer`; halved on out-of-memory).
         max_pad: the largest zero padding (pixels per side) against border effects.
         timeout: seconds the network may take to build and run (0: no limit); a
             network that takes longer fails its own job with a PluginError.

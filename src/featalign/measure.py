@@ -30,6 +30,7 @@ import xarray as xr
 from featalign.align import MEASURES, NORMALISATION, align_layer
 from featalign.features import layer_grid
 from featalign.io import FileError, make_attrs, open_dataset
+from featalign.runtime import retry_on_out_of_memory, working_elements
 
 __all__ = ["ALIGNMENT_DEFAULTS", "layer_names", "measure_layer"]
 
@@ -131,8 +132,10 @@ def measure_layer(
         )
     grid = layer_grid(ds)
     radius = region_fraction * min(grid.image_height or h, grid.image_width or w) / 2
-    try:
-        result = align_layer(
+    device = torch.device(device)
+
+    def run(elements: int) -> Any:
+        return align_layer(
             torch.from_numpy(ds.original.values),
             torch.from_numpy(ds.transformed.values),
             torch.from_numpy(ds.realigned.values),
@@ -149,7 +152,14 @@ def measure_layer(
             seed=seed,
             device=device,
             progress=progress,
-            max_batch_elements=int(opts["max_batch_elements"]),
+            max_batch_elements=elements,
+        )
+
+    try:
+        result = retry_on_out_of_memory(
+            run,
+            working_elements(device, int(opts["max_batch_elements"])),
+            what=f"{path} layer {layer}",
         )
     except ValueError as err:
         if "region" in str(err).lower():

@@ -1,12 +1,21 @@
-"""Where computations run: device selection."""
+"""Where computations run: device selection, and batch sizes that fit the device's memory."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["log_to", "resolve_device"]
+__all__ = [
+    "BatchSizer",
+    "is_out_of_memory",
+    "log_to",
+    "resolve_device",
+    "retry_on_out_of_memory",
+    "working_elements",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +44,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device: {name!r} asked for, but no CUDA GPU is visible; write auto or cpu")
+            raise ValueError(
+                f"device: {name!r} asked for, but no CUDA GPU is visible; write auto or cpu"
+            )
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(
@@ -57,3 +68,155 @@ def log_to(path: str) -> None:
         force=True,
     )
     sys.stderr = stream
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (CUDA or CPU) that a smaller batch avoids."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _cuda_free_bytes(device: torch.device) -> int:
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+class BatchSizer:
+    """Items per batch that fit the device: measured on CUDA, as configured on the CPU.
+
+    On the CPU the configured size is kept (memory there is the job's to plan, e.g. by
+    Slurm's ``mem_mb``). On CUDA the peak memory of each batch is measured
+    (``torch.cuda.max_memory_allocated``); after the first batch the size is set so that
+    a batch takes at most ``fraction`` of the memory that was free before it, up to
+    ``limit`` items, so a large GPU runs few large batches and a small one more small
+    ones. On an out-of-memory error :meth:`shrink` halves the size (the caller retries).
+
+    Args:
+        device: where the batches run.
+        initial: the configured batch size (the first batch's size).
+        limit: the largest useful size (e.g. the number of items).
+        fraction: share of the free memory a batch may take.
+        free_bytes: free memory of ``device`` (tests pass a fake; default: CUDA's).
+        peak_bytes: peak allocated bytes since the last reset (default: CUDA's).
+
+    Example:
+        >>> s = BatchSizer(torch.device("cpu"), 32, limit=100)
+        >>> with s.measure(s.size):
+        ...     pass
+        >>> s.size
+        32
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        initial: int,
+        *,
+        limit: int,
+        fraction: float = 0.6,
+        free_bytes: Callable[[], int] | None = None,
+        peak_bytes: Callable[[], int] | None = None,
+    ) -> None:
+        if initial < 1:
+            raise ValueError(f"batch size must be >= 1, got {initial}")
+        self.device = torch.device(device)
+        self.limit = max(1, int(limit))
+        self.size = max(1, min(int(initial), self.limit))
+        self.fraction = float(fraction)
+        cuda = self.device.type == "cuda"
+        self.adaptive = cuda or free_bytes is not None
+        self._free = free_bytes or ((lambda: _cuda_free_bytes(self.device)) if cuda else None)
+        self._peak = peak_bytes or (
+            (lambda: int(torch.cuda.max_memory_allocated(self.device))) if cuda else None
+        )
+        self._measured = False
+
+    @contextlib.contextmanager
+    def measure(self, items: int) -> Iterator[None]:
+        """Run one batch of ``items`` items; the first one on CUDA sets the size."""
+        if not self.adaptive or self._measured:
+            yield
+            return
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        before = self._peak() if self._peak else 0
+        free = self._free() if self._free else 0
+        yield
+        used = max(1, (self._peak() if self._peak else 0) - before)
+        per_item = used / max(1, items)
+        fit = int(self.fraction * free / per_item)
+        new = max(1, min(self.limit, fit))
+        if new != self.size:
+            log.info(
+                "batch size %d -> %d (%.1f MiB per item, %.0f MiB free on %s)",
+                self.size,
+                new,
+                per_item / 2**20,
+                free / 2**20,
+                self.device,
+            )
+        self.size = new
+        self._measured = True
+
+    def shrink(self, exc: BaseException) -> None:
+        """Halve the size after an out-of-memory error; re-raise it at size 1."""
+        if self.size <= 1:
+            raise exc
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.warning(
+            "out of memory at batch size %d on %s: retrying with %d",
+            self.size,
+            self.device,
+            self.size // 2,
+        )
+        self.size //= 2
+        self._measured = True  # a measured size that failed is not measured again
+
+
+def working_elements(device: torch.device, configured: int, *, bytes_per_element: int = 64) -> int:
+    """Elements per chunk of the warp optimiser (``alignment.max_batch_elements``).
+
+    On the CPU the configured bound. On CUDA what fits in half the free memory, at
+    ``bytes_per_element`` (float32 maps and samples with their intermediate copies), at
+    least 2**20: a large GPU then aligns a whole layer in one chunk, and
+    :func:`retry_on_out_of_memory` halves it if the estimate was too bold.
+
+    Example:
+        >>> working_elements(torch.device("cpu"), 2**25)
+        33554432
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return int(configured)
+    fit = max(2**20, _cuda_free_bytes(device) // 2 // bytes_per_element)
+    log.info("optimiser chunks of %d elements on %s", fit, device)
+    return int(fit)
+
+
+def retry_on_out_of_memory(fn: Callable[[int], object], elements: int, *, what: str):
+    """Call ``fn(elements)``, halving ``elements`` after each out-of-memory error.
+
+    Raises:
+        The last out-of-memory error when ``elements`` falls below 2**16 (then the
+        problem itself does not fit: a smaller ``features.batch_size`` or layer will).
+    """
+    while True:
+        try:
+            return fn(elements)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            if not is_out_of_memory(exc) or elements < 2**17:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.warning(
+                "%s: out of memory with chunks of %d elements; retrying with %d",
+                what,
+                elements,
+                elements // 2,
+            )
+            elements //= 2
