@@ -6,10 +6,10 @@ included), so ``results/``, ``logs/`` and ``.snakemake/`` start empty. Snakemake
 as a user runs it, ``python -m snakemake --cores 2 [--configfile ...]`` from the copy's
 root with the repository's own interpreter (``sys.executable``), so the default profile
 (``workflow/profiles/default``, which names ``config/config.yaml``) applies.
-``PYTHONPATH`` puts the copy's ``src/`` first: featalign's built-in plugin folder is the
-``plugins/`` next to the ``src/`` it is imported from, and with the editable install's
-``src/`` the copy's ``./plugins`` would be a second folder of the same plugins, which
-the config check refuses as names registered twice.
+``PYTHONPATH`` puts the copy's ``src/`` first, so that the jobs run the copied code and
+the copied ``plugins/`` (the editable install points at the repository's live ``src/``,
+which may change during a run of minutes, and featalign's code digests would then rerun
+jobs in the no-change rerun).
 
 **Measured**
 
@@ -49,11 +49,9 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from common import ROOT, Goal, run_standalone, write_json
 
@@ -282,16 +280,6 @@ def rerun_goal(run: dict[str, Any], label: str, floor: dict[str, float]) -> Goal
     )
 
 
-def _write_json(payload: dict[str, Any], goals: list[Goal], quick: bool) -> Path:
-    """``write_json``, also where kornia (the bench extra, which its environment names) is absent."""
-    try:
-        import kornia  # noqa: F401
-    except ModuleNotFoundError:  # this benchmark does not need it: record its version as None
-        with mock.patch.dict(sys.modules, {"kornia": types.SimpleNamespace(__version__=None)}):
-            return write_json(NAME, payload, goals, quick)
-    return write_json(NAME, payload, goals, quick)
-
-
 def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
     """Run benchmark 5, write ``results/benchmarks/workflow.json`` and return its goals."""
     mode = "tiny" if tiny else "quick" if quick else "full"
@@ -354,7 +342,7 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
     finally:
         for c in copies:
             shutil.rmtree(c, ignore_errors=True)
-    _write_json(payload, goals, quick or tiny)
+    write_json(NAME, payload, goals, quick or tiny)
     return goals
 
 

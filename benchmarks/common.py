@@ -394,23 +394,23 @@ def goal_line(name: str, measured: str, target: str, met: bool) -> str:
 
 
 def environment() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import kornia
+    """What the numbers were measured on (peers not installed are recorded as None)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        from importlib.metadata import version
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
-        torchreg_version = version("torchreg")
-    except Exception:  # noqa: BLE001 - not installed
-        torchreg_version = None
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "kornia": kornia.__version__,
-        "torchreg": torchreg_version,
+        "kornia": installed("kornia"),
+        "torchreg": installed("torchreg"),
     }
 
 
