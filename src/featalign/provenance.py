@@ -14,6 +14,7 @@ docstrings and formatting do not count: editing documentation reruns nothing.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -73,24 +74,40 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def _parse(path: Path) -> ast.AST:
-    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+@functools.lru_cache(maxsize=512)
+def _summary(path: Path, _stamp: tuple[int, int]) -> tuple[frozenset[str], str]:
+    """(featalign imports, digest of the code) of one file, parsed once per version.
+
+    A workflow evaluates the digest of every job's rule while it builds the DAG: parsing
+    each module once (the cache key includes the file's mtime and size) keeps that to a
+    fraction of a second.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    imports = frozenset(featalign_imports(tree))
+    digest = hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest()
+    return imports, digest
 
 
-def _closure(scripts: tuple[Path, ...]) -> dict[str, ast.AST]:
-    """The parsed scripts and every featalign module they reach through imports."""
-    sources = {f"<script {i}>": _parse(Path(p)) for i, p in enumerate(scripts)}
-    todo = sorted(set().union(*(featalign_imports(t) for t in sources.values())))
+def _file(path: Path) -> tuple[frozenset[str], str]:
+    st = path.stat()
+    return _summary(path.resolve(), (st.st_mtime_ns, st.st_size))
+
+
+def _closure(scripts: tuple[Path, ...]) -> dict[str, str]:
+    """Digests of the scripts and of every featalign module they reach through imports."""
+    summaries = {f"<script {i}>": _file(Path(p)) for i, p in enumerate(scripts)}
+    digests = {name: d for name, (_, d) in summaries.items()}
+    todo = sorted(set().union(*(imports for imports, _ in summaries.values())))
     while todo:
         name = todo.pop()
-        if name in sources:
+        if name in digests:
             continue
         path = _module_file(name)
         if path is None:
             continue
-        sources[name] = _parse(path)
-        todo += sorted(featalign_imports(sources[name]) - set(sources))
-    return sources
+        imports, digests[name] = _file(path)
+        todo += sorted(imports - set(digests))
+    return digests
 
 
 def code_modules(*scripts: str | Path) -> list[str]:
@@ -113,7 +130,6 @@ def code_digest(*scripts: str | Path) -> str:
         FileNotFoundError: if a script does not exist.
     """
     h = hashlib.sha256()
-    for name, tree in sorted(_closure(tuple(map(Path, scripts))).items()):
-        h.update(name.encode())
-        h.update(ast.dump(_strip_docstrings(tree)).encode())
+    for name, digest in sorted(_closure(tuple(map(Path, scripts))).items()):
+        h.update(f"{name}={digest};".encode())
     return h.hexdigest()[:16]
