@@ -1,4 +1,7 @@
-"""Benchmark 4: feature extraction, images/s at batch size 32 against a batch-1 loop.
+"""Benchmark 4: feature extraction, images/s at the configured batch size against a batch-1 loop.
+
+The batch size is the config schema's default ``features.batch_size`` (what a run uses
+unless its config says otherwise).
 
 The built-in network ``vgg_random`` (``featalign.plugins.get_network`` + ``build_extractor``,
 all three layers returned, as the feature stage runs it) on smooth random RGB textures of
@@ -13,7 +16,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import Goal, run_standalone, set_threads, smooth_fields, write_json
+import yaml
+from common import ROOT, Goal, run_standalone, set_threads, smooth_fields, write_json
 
 from featalign.plugins import build_extractor, get_network
 
@@ -22,12 +26,18 @@ NAME = "features"
 TARGET = 1.5
 
 
+def configured_batch_size() -> int:
+    """The schema's default ``features.batch_size``."""
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    return int(schema["properties"]["features"]["properties"]["batch_size"]["default"])
+
+
 def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
     """Run benchmark 4, write ``results/benchmarks/features.json`` and return its goals."""
     set_threads(2)
     count = 32 if tiny else 64 if quick else 256
-    repeats = 1 if tiny else 3
-    size, pad, batch = 64, 8, 32
+    repeats = 1 if tiny else 5
+    size, pad, batch = 64, 8, configured_batch_size()
     print(f"[features] vgg_random, {count} images 3x{size}x{size}, batch {batch} vs 1", flush=True)
     spec = get_network("vgg_random")
     extractor = build_extractor(spec)
@@ -43,15 +53,14 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
 
     run(batch)  # warm-up
     run(1)
-    seconds: dict[str, list[float]] = {"batch32": [], "batch1": []}
+    key = f"batch{batch}"
+    seconds: dict[str, list[float]] = {key: [], "batch1": []}
     for _ in range(repeats):
-        seconds["batch32"].append(run(batch))
+        seconds[key].append(run(batch))
         seconds["batch1"].append(run(1))
     rate = {k: count / min(v) for k, v in seconds.items()}
-    ratio = rate["batch32"] / rate["batch1"]
-    print(
-        f"  batch {batch}: {rate['batch32']:.0f} images/s, batch 1: {rate['batch1']:.0f} images/s"
-    )
+    ratio = rate[key] / rate["batch1"]
+    print(f"  batch {batch}: {rate[key]:.0f} images/s, batch 1: {rate['batch1']:.0f} images/s")
     payload = {
         "network": "vgg_random",
         "images": count,

@@ -175,7 +175,7 @@ def extract_features(
     options: Mapping[str, Any] | None = None,
     *,
     device: torch.device | str = "cpu",
-    batch_size: int = 32,
+    batch_size: int = 8,
     max_pad: int = 96,
     timeout: float = 0.0,
     progress: bool = True,
