@@ -280,6 +280,69 @@ def rerun_goal(run: dict[str, Any], label: str, floor: dict[str, float]) -> Goal
     )
 
 
+def _work(config_path: Path) -> dict[str, float]:
+    """Work per job of each rule kind, summed over the config's datasets (arbitrary units).
+
+    ``align``: problems × feature-map area (samples × transforms × size²); ``features``
+    and ``dataset``: images × area (samples × (1 + 2 × transforms) × size²), averaged
+    over the datasets.
+    """
+    import yaml
+
+    from featalign.datasets import transform_table
+
+    cfg = yaml.safe_load(config_path.read_text())
+    align, images = [], []
+    for ds in cfg["datasets"].values():
+        sweep = ds.get("transforms") or cfg["transforms"]
+        t = len(transform_table(sweep, affine_draws=int(cfg.get("affine_draws", 1)))[0])
+        s, size = int(ds["samples"]), int(ds["size"])
+        align.append(s * t * size**2)
+        images.append(s * (1 + 2 * t) * size**2)
+    return {
+        "align": statistics.mean(align),
+        "features": statistics.mean(images),
+        "dataset": statistics.mean(images),
+    }
+
+
+def paper_estimate(rules: dict[str, dict[str, Any]], paper_jobs: dict[str, Any]) -> dict[str, Any]:
+    """Expected CPU cost per job of ``config/paper.yaml``, from the default run's jobs.
+
+    A linear model, stated as such: a rule's median job time in the default run times
+    the ratio of work per job (:func:`_work`: problems or images × canvas area) between
+    the paper and the default configs. Figures, tables and training do not grow with the
+    canvas; they keep their measured times (their work grows with the table's rows, a
+    fraction of a job's fixed start-up cost here). The fixed start-up of every job
+    (imports, about 3–5 s) is scaled too, so the large jobs are slightly overestimated.
+    """
+    default, paper = _work(ROOT / DEFAULT), _work(ROOT / PAPER)
+    out: dict[str, Any] = {}
+    total = 0.0
+    for rule, n in paper_jobs.get("rules", {}).items():
+        measured = rules.get(rule)
+        if rule == "all" or measured is None:
+            continue
+        factor = paper[rule] / default[rule] if rule in paper else 1.0
+        per_job = measured["median_s"] * factor
+        total += per_job * n
+        out[rule] = {"jobs": n, "factor": factor, "seconds_per_job": per_job}
+    out["total_cpu_hours"] = total / 3600
+    return out
+
+
+def print_estimate(est: dict[str, Any]) -> None:
+    print(f"  expected cost of {PAPER} on {CORES} CPU cores (linear model from the default run):")
+    for rule, e in est.items():
+        if rule == "total_cpu_hours":
+            continue
+        print(
+            f"    {rule:<26} {e['jobs']:4d} jobs x {e['seconds_per_job'] / 60:7.1f} min"
+            f"  (default median x {e['factor']:.0f})"
+        )
+    print(f"    total {est['total_cpu_hours']:.1f} h of 2-core jobs")
+
+
 def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
     """Run benchmark 5, write ``results/benchmarks/workflow.json`` and return its goals."""
     mode = "tiny" if tiny else "quick" if quick else "full"
@@ -334,6 +397,8 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
                         {"version_s": version.seconds, "dry_run_s": dry[DEFAULT]["seconds"]},
                     ),
                 ]
+                payload["paper_estimate"] = paper_estimate(run["cold"]["rules"], dry[PAPER])
+                print_estimate(payload["paper_estimate"])
         payload["runs"] = runs
         paper = dry[PAPER]["total"]
         goals.append(

@@ -173,3 +173,28 @@ class TestWorkflow:
         assert doc["results"]["runs"] == {}  # --tiny runs nothing
         for g in doc["goals"]:
             assert GOAL_LINE.match(g["line"]), g["line"]
+
+
+class TestPaperEstimate:
+    def test_work_ratios_follow_the_configs(self) -> None:
+        """paper.yaml: 64 samples x 48 transforms at 128 px; default: 4 x 12 at 64 px."""
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import bench_workflow
+
+        rules = {
+            "align": {"median_s": 6.0},
+            "features": {"median_s": 5.0},
+            "summarize": {"median_s": 4.0},
+        }
+        jobs = {"rules": {"align": 85, "features": 29, "summarize": 1, "all": 1}, "total": 116}
+        est = bench_workflow.paper_estimate(rules, jobs)
+        assert est["align"]["factor"] == pytest.approx(64 * 48 * 128**2 / (4 * 12 * 64**2))
+        assert est["features"]["factor"] == pytest.approx(
+            64 * (1 + 2 * 48) * 128**2 / (4 * (1 + 2 * 12) * 64**2)
+        )
+        assert est["summarize"] == {"jobs": 1, "factor": 1.0, "seconds_per_job": 4.0}
+        assert "all" not in est
+        total = sum(
+            e["jobs"] * e["seconds_per_job"] for k, e in est.items() if k != "total_cpu_hours"
+        )
+        assert est["total_cpu_hours"] == pytest.approx(total / 3600)
