@@ -319,7 +319,7 @@ def paper_estimate(rules: dict[str, dict[str, Any]], paper_jobs: dict[str, Any])
     default, paper = _work(ROOT / DEFAULT), _work(ROOT / PAPER)
     out: dict[str, Any] = {}
     total = 0.0
-    for rule, n in paper_jobs.get("rules", {}).items():
+    for rule, n in paper_jobs["jobs"].items():
         measured = rules.get(rule)
         if rule == "all" or measured is None:
             continue

@@ -186,7 +186,7 @@ class TestPaperEstimate:
             "features": {"median_s": 5.0},
             "summarize": {"median_s": 4.0},
         }
-        jobs = {"rules": {"align": 85, "features": 29, "summarize": 1, "all": 1}, "total": 116}
+        jobs = {"jobs": {"align": 85, "features": 29, "summarize": 1, "all": 1}, "total": 116}
         est = bench_workflow.paper_estimate(rules, jobs)
         assert est["align"]["factor"] == pytest.approx(64 * 48 * 128**2 / (4 * 12 * 64**2))
         assert est["features"]["factor"] == pytest.approx(
