@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``make bench`` / ``make bench QUICK=1``)::
 
-    .venv/bin/python benchmarks/run.py            # full: about 35 min on 2 cores
+    .venv/bin/python benchmarks/run.py            # full: about 12 min on 2 cores
     .venv/bin/python benchmarks/run.py --quick    # about 10 min
     .venv/bin/python benchmarks/run.py --only optimizer floor
     .venv/bin/python benchmarks/run.py --tiny --out /tmp/bench   # smoke test, seconds
