@@ -3,12 +3,12 @@
 Usage (from the repository root; ``make bench`` / ``make bench QUICK=1``)::
 
     .venv/bin/python benchmarks/run.py            # full: about 12 min on 2 cores
-    .venv/bin/python benchmarks/run.py --quick    # about 10 min
+    .venv/bin/python benchmarks/run.py --quick    # about 3 min
     .venv/bin/python benchmarks/run.py --only optimizer floor
     .venv/bin/python benchmarks/run.py --tiny --out /tmp/bench   # smoke test, seconds
 
-The workflow benchmark (last) takes about 6 min of the quick run (Snakemake on
-``config/test.yaml``) and 12-15 min of the full one (also the default config).
+The workflow benchmark (last) takes about 2 min of the quick run (Snakemake on
+``config/test.yaml``) and about 10 min of the full one (also the default config).
 
 Each benchmark writes ``results/benchmarks/<name>.json``; this script also writes
 ``results/benchmarks/goals.json`` with all goal lines. A missed goal is reported, not
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="fewer problems, no default-config workflow run (about 10 min)",
+        help="fewer problems, no default-config workflow run (about 3 min)",
     )
     ap.add_argument(
         "--tiny",

@@ -25,7 +25,9 @@ def jobs(result) -> dict[str, int]:
 
 
 def planned_outputs(result) -> list[str]:
-    return sorted(re.findall(r"^\s+output: (.+)$", result.stdout + result.stderr, re.M))
+    """Every output file of the planned jobs (a job line lists its outputs joined by ", ")."""
+    lines = re.findall(r"^\s+output: (.+)$", result.stdout + result.stderr, re.M)
+    return sorted(f for line in lines for f in line.split(", "))
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +92,12 @@ def test_changing_one_dataset_reruns_only_it(test_run, tmp_path):
     planned = planned_outputs(res)
     assert "results/datasets/tiny_digits.nc" in planned
     # its own downstream and the aggregate tables/figures rerun; nothing of tiny_photos is
-    # recomputed (only figures drawn from the shared tables redraw)
+    # recomputed, and of its figures only those drawn from the shared tables redraw
     computed = [p for p in planned
                 if p.startswith(("results/datasets/", "results/features/", "results/alignment/"))]
     assert not [p for p in computed if "tiny_photos" in p], planned
+    own = [p for p in planned if p.startswith("results/figures/tiny_photos/")]
+    assert own == [f"results/figures/tiny_photos/excess_vs_depth.{e}" for e in ("pdf", "png")]
 
 
 def test_same_config_same_arrays(test_run, tmp_path):
@@ -187,11 +191,11 @@ def test_editing_a_plugin_reruns_only_its_jobs(user_plugin_run):
         "results/features/tiny_digits/my_blur.nc",
         "results/features/tiny_photos/my_blur.nc",
     ]
-    # downstream of my_blur reruns too (its alignment, figures, the tables); my_other's
-    # features and alignment do not (only figures drawn from the shared tables redraw)
+    # downstream of my_blur reruns too (its alignment, figures, the tables); nothing of
+    # my_other does: its features, alignment and own figures stay
     assert any(p.startswith("results/alignment/tiny_photos/my_blur/") for p in planned)
-    computed = [p for p in planned if p.startswith(("results/features/", "results/alignment/"))]
-    assert not [p for p in computed if "my_other" in p], planned
+    assert "results/figures/tiny_photos/my_blur/error_vs_magnitude.png" in planned
+    assert not [p for p in planned if "my_other" in p], planned
 
 
 def test_unknown_network_refused(tmp_path):

@@ -102,6 +102,14 @@ def alignment_files():
     ]
 
 
+def pair_alignment_files(wildcards):
+    """The alignment files of one dataset x network: a figure of that pair reads only these."""
+    return [
+        f"results/alignment/{wildcards.dataset}/{wildcards.network}/{layer}.nc"
+        for layer in NETWORKS[wildcards.network].layers
+    ]
+
+
 def alignment_params(wildcards):
     return canonical(
         {

@@ -3,7 +3,7 @@
 
 rule figure_error_vs_magnitude:
     input:
-        "results/tables/errors.csv",
+        pair_alignment_files,
     output:
         png=report(
             "results/figures/{dataset}/{network}/error_vs_magnitude.png",

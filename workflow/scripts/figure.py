@@ -6,12 +6,15 @@ import pandas as pd
 
 from featalign import figures
 from featalign.runtime import log_to
+from featalign.summary import errors_table
 
 log_to(snakemake.log[0])  # noqa: F821
 rule, out, inp = snakemake.rule, snakemake.output, snakemake.input  # noqa: F821
 wc = snakemake.wildcards  # noqa: F821
 if rule == "figure_error_vs_magnitude":
-    figures.plot_error_vs_magnitude(pd.read_csv(inp[0]), wc.dataset, wc.network, out.png, out.pdf)
+    # from the pair's own alignment files, so that another network's change leaves it be
+    errors = errors_table(inp)
+    figures.plot_error_vs_magnitude(errors, wc.dataset, wc.network, out.png, out.pdf)
 elif rule == "figure_excess_vs_depth":
     errors = pd.read_csv(inp[0])
     figures.plot_excess_vs_depth(
