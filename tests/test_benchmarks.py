@@ -28,16 +28,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
     pytest.importorskip("kornia")
     pytest.importorskip("scipy")
     out = tmp_path_factory.mktemp("benchmarks")  # keep results/benchmarks/ of real runs
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--tiny",
-            "--only",
-            "optimizer",
-            "--out",
-            str(out),
-        ],
+    return run_tiny("optimizer", out), out
+
+
+def run_tiny(benchmark: str, out: Path) -> subprocess.CompletedProcess:
+    """``benchmarks/run.py --tiny --only <benchmark> --out <out>``."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--tiny", "--only", benchmark]
+        + ["--out", str(out)],
         cwd=ROOT,
         check=False,
         capture_output=True,
@@ -45,7 +43,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
         timeout=300,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
-    return proc, out
 
 
 class TestRun:
@@ -126,24 +123,7 @@ def tiny_workflow(
 ) -> tuple[subprocess.CompletedProcess, Path]:
     """``run.py --tiny --only workflow``: the dry runs of config/paper.yaml and config/test.yaml."""
     out = tmp_path_factory.mktemp("workflow_benchmark")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--tiny",
-            "--only",
-            "workflow",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    return proc, out
+    return run_tiny("workflow", out), out
 
 
 class TestWorkflow:
