@@ -162,7 +162,7 @@ class TestPaperEstimate:
         import bench_workflow
 
         rules = {
-            "align": {"median_s": 6.0},
+            "align": {"median_s": 6.0, "median_compute_s": 2.0},
             "features": {"median_s": 5.0},
             "summarize": {"median_s": 4.0},
         }
@@ -172,7 +172,15 @@ class TestPaperEstimate:
         assert est["features"]["factor"] == pytest.approx(
             64 * (1 + 2 * 48) * 128**2 / (4 * (1 + 2 * 12) * 64**2)
         )
-        assert est["summarize"] == {"jobs": 1, "factor": 1.0, "seconds_per_job": 4.0}
+        # the start-up stays, the computation scales
+        assert est["align"]["seconds_per_job"] == pytest.approx(4.0 + 2.0 * est["align"]["factor"])
+        assert est["features"]["seconds_per_job"] == pytest.approx(5.0 * est["features"]["factor"])
+        assert est["summarize"] == {
+            "jobs": 1,
+            "factor": 1.0,
+            "fixed_seconds": 0.0,
+            "seconds_per_job": 4.0,
+        }
         assert "all" not in est
         total = sum(
             e["jobs"] * e["seconds_per_job"] for k, e in est.items() if k != "total_cpu_hours"

@@ -33,6 +33,7 @@ import logging
 import math
 import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -248,6 +249,7 @@ def _extract(
 ) -> xr.DataTree:
     from featalign.nets import probe_grid
 
+    started = time.perf_counter()
     device = torch.device(device)
     options = dict(options or {})
     images = torch.from_numpy(dataset.image.values)
@@ -355,6 +357,7 @@ def _extract(
             dataset_config_sha256=str(dataset.attrs.get("config_sha256", "")),
             weights=str(options.get("weights", "")),
             weights_sha256=file_sha256(options["weights"]) if options.get("weights") else "",
+            compute_seconds=time.perf_counter() - started,
         )
     )
     return xr.DataTree.from_dict({"/": root, **groups})

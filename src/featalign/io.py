@@ -40,7 +40,10 @@ __all__ = [
 ]
 
 #: Attributes that change from run to run; tests drop them before comparing files.
-TIME_ATTRS = ("created_at", "history")
+#: ``compute_seconds``: the wall time of a file's computation inside its job (features:
+#: building, probing and running the network; alignment: the optimisers), without the
+#: job's start-up, so that a job's cost can be split into a fixed and a growing part.
+TIME_ATTRS = ("created_at", "history", "compute_seconds")
 
 #: zlib level for every variable written (feature maps compress well).
 COMPRESSION = {"zlib": True, "complevel": 4}

@@ -225,6 +225,7 @@ def measure_layer(
             region_radius=float(radius),
             region_pixels=int(result.region_pixels),
             features_sha256_of_config=str(attrs.get("config_sha256", "")),
+            compute_seconds=float(sum(result.seconds.values())),
         ),
     )
     if tuple(result.measures) != MEASURES:
