@@ -39,7 +39,7 @@ import xarray as xr
 import yaml
 from conftest import BIN, ROOT, snakemake
 
-from featalign.io import TIME_ATTRS
+from featalign.io import RUN_ATTRS
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ CLUSTER_LIMIT = 540
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MARKER = "# written by featalign tests/test_slurm.py; removed when the test ends\n"
 #: Attributes that name the time or the checkout of a run, not its content.
-VOLATILE_ATTRS = (*TIME_ATTRS, "git_commit")
+VOLATILE_ATTRS = (*RUN_ATTRS, "git_commit")
 
 
 def _plugin_or_skip() -> None:

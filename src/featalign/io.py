@@ -29,6 +29,7 @@ import xarray as xr
 from featalign import __version__
 
 __all__ = [
+    "RUN_ATTRS",
     "TIME_ATTRS",
     "FileError",
     "atomic_path",
@@ -39,11 +40,15 @@ __all__ = [
     "write_netcdf",
 ]
 
-#: Attributes that change from run to run; tests drop them before comparing files.
-#: ``compute_seconds``: the wall time of a file's computation inside its job (features:
-#: building, probing and running the network; alignment: the optimisers), without the
-#: job's start-up, so that a job's cost can be split into a fixed and a growing part.
-TIME_ATTRS = ("created_at", "history", "compute_seconds")
+#: Time attributes every featalign file has; they change from run to run.
+TIME_ATTRS = ("created_at", "history")
+
+#: Everything that differs between two runs of the same job: :data:`TIME_ATTRS` and,
+#: in features and alignment files, ``compute_seconds`` (the wall time of the file's
+#: computation inside its job: building, probing and running the network, or the
+#: optimisers; without the job's start-up, so that a job's cost splits into a fixed and a
+#: growing part). Tests drop these before comparing files.
+RUN_ATTRS = (*TIME_ATTRS, "compute_seconds")
 
 #: zlib level for every variable written (feature maps compress well).
 COMPRESSION = {"zlib": True, "complevel": 4}
