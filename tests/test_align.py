@@ -150,6 +150,14 @@ class TestPlantedWarps:
         ok, _, _ = recovery(stride, 256)
         assert ok.double().mean() >= 0.99
 
+    @pytest.mark.slow
+    def test_polish_recovers_what_gauss_newton_leaves_at_stride_2(self) -> None:
+        """The polish (fit_affine's polish_iter) on planted stride-2 warps: 0, 10 (the
+        default) and 30 steps; the printed counts are the docstring's."""
+        rates = {n: recovery(2, 256, polish_iter=n)[0].double().mean() for n in (0, 10, 30)}
+        assert rates[10] >= rates[0]
+        assert rates[10] >= 0.99
+
     def test_smoke_few(self) -> None:
         ok, fit, _ = recovery(2, 8)
         assert fit.matrix.shape == (8, 2, 3) and fit.matrix.dtype == torch.float64

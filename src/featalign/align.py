@@ -804,8 +804,9 @@ def fit_affine(
             problem's winner at full resolution, after Gauss–Newton (0: none). Bilinear
             sampling makes the loss kinked at the sub-pixel scale, which Gauss–Newton's
             smooth linearisation does not see. Of 256 planted stride-2 problems
-            (``tests/test_align.py``), 0 steps recovered 247, 10 steps all 256 and 30
-            steps 255, at three times the polish cost. Only decreases are kept.
+            (``pytest tests/test_align.py -s -k polish``), 0 steps recovered 248, 10 steps
+            all 256 and 30 steps 255, at three times the polish cost. Only decreases are
+            kept.
         max_batch_elements: bound on the elements of the moving maps and of their
             samples at R (problems × C × (h·w + starts × |R|)) per chunk.
         progress: show a tqdm bar over chunks.
@@ -1242,7 +1243,8 @@ def align_layer(
         seed: seed of the family draws.
         device: where to compute.
         progress: show tqdm bars.
-        max_batch_elements: memory bound per chunk (elements of gathered maps).
+        max_batch_elements: memory bound per chunk of the optimisers (see
+            :func:`fit_affine` and :func:`fit_dense`).
 
     Returns:
         A :class:`LayerAlignment`.
