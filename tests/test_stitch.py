@@ -1,0 +1,95 @@
+"""Shift-and-stitch: dense evaluation of strided layers (featalign.stitch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featalign.stitch import dense_phases, phase_padding, shift_and_stitch
+
+SIZE = 32
+PAD = 8  # a multiple of every stride below, wider than the receptive fields
+
+
+def strided_net(seed: int = 0) -> nn.Module:
+    """conv 3×3 → avg-pool 2 → conv 3×3 → avg-pool 2: layers of stride 1, 2, 4."""
+    torch.manual_seed(seed)
+    convs = nn.ModuleList([nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)])
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = convs
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            a = torch.relu(self.convs[0](x))
+            b = torch.relu(self.convs[1](F.avg_pool2d(a, 2)))
+            return {"s1": a, "s2": b, "s4": F.avg_pool2d(b, 2)}
+
+    return Net().double().eval()
+
+
+STRIDES = {"s1": 1, "s2": 2, "s4": 4}
+
+
+def windowed_images(n: int, seed: int = 1) -> torch.Tensor:
+    """Smooth random images on a zero background (content well inside the canvas)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
+    yy, xx = torch.meshgrid(torch.arange(SIZE) - (SIZE - 1) / 2,
+                            torch.arange(SIZE) - (SIZE - 1) / 2, indexing="ij")
+    return x * (torch.hypot(yy, xx) < SIZE / 4).double()
+
+
+def forward_phase(net: nn.Module, images: torch.Tensor, phase: tuple[int, int]) -> dict:
+    """The feature stage's forward for one phase: pad, run, crop to the canvas lattice."""
+    with torch.no_grad():
+        out = net(F.pad(images, phase_padding(PAD, *phase)))
+    crops = {}
+    for layer, s in STRIDES.items():
+        k0, n = PAD // s, SIZE // s
+        crops[layer] = out[layer][..., k0 : k0 + n, k0 : k0 + n].numpy()
+    return crops
+
+
+def dense_maps(net: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]:
+    return shift_and_stitch(lambda p: forward_phase(net, images, p), STRIDES)
+
+
+def shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Move the content by (dy, dx) pixels (zeros come in; the content is windowed)."""
+    return torch.roll(images, shifts=(dy, dx), dims=(-2, -1))
+
+
+def test_phases_cover_the_largest_stride() -> None:
+    assert dense_phases(STRIDES) == [(dy, dx) for dy in range(4) for dx in range(4)]
+    assert dense_phases({"a": 1, "b": 1}) == []
+
+
+def test_phase_zero_is_the_as_built_map() -> None:
+    net, x = strided_net(), windowed_images(3)
+    built = forward_phase(net, x, (0, 0))
+    dense = dense_maps(net, x)
+    assert set(dense) == {"s2", "s4"}  # stride 1 is dense already
+    for layer in dense:
+        s = STRIDES[layer]
+        assert dense[layer].shape == (3, 4, SIZE, SIZE)
+        np.testing.assert_array_equal(dense[layer][..., ::s, ::s], built[layer])
+
+
+@pytest.mark.parametrize("dy, dx", [(1, 0), (0, 1), (1, 3), (-2, 1)])
+def test_dense_maps_commute_with_every_one_pixel_shift(dy: int, dx: int) -> None:
+    """The premise of the theorem: dense maps are covariant to every integer shift;
+    the as-built strided maps are not (aliasing), which is what dense evaluation removes."""
+    net, x = strided_net(), windowed_images(2)
+    dense, moved = dense_maps(net, x), dense_maps(net, shift(x, dy, dx))
+    for layer in ("s2", "s4"):
+        want = np.roll(dense[layer], (dy, dx), axis=(-2, -1))
+        np.testing.assert_allclose(moved[layer], want, rtol=0, atol=1e-12)
+    # the as-built stride-4 map of the shifted image is not a shift of the map
+    built, built_moved = forward_phase(net, x, (0, 0)), forward_phase(net, shift(x, dy, dx), (0, 0))
+    diff = np.abs(built_moved["s4"] - built["s4"]).max()
+    assert diff > 1e-3 * np.abs(built["s4"]).max()
