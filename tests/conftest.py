@@ -1,10 +1,13 @@
-"""Shared fixtures: seeded rng, device and dtype, the repository root, workflow runs."""
+"""Shared fixtures and helpers: seeded rng, device and dtype, the repository root, an
+isolated plugin registry, plugin files and extractors made by tests, workflow runs."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +58,56 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Compl
     ]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let a test register networks without leaking them into the others."""
+    from featalign import plugins
+
+    monkeypatch.setattr(plugins, "_REGISTRY", dict(plugins._REGISTRY))
+    monkeypatch.setattr(plugins, "_PLUGIN_FILES", set(plugins._PLUGIN_FILES))
+
+
+def write_plugin(folder: Path, filename: str, name: str, body: str = "", **decl: str) -> Path:
+    """Write a plugin file declaring ``name``; ``decl`` overrides decorator arguments
+    (as source text), ``body`` is the body of ``build(**options)``."""
+    args = {
+        "name": repr(name),
+        "description": repr("a test network"),
+        "layers": "['conv']",
+        "invariant_to": "[]",
+        "in_channels": "1",
+    }
+    args.update(decl)
+    body = body or "return torch.nn.Conv2d(1, 1, 3, padding=1)"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    path.write_text(
+        "import torch\nfrom featalign.plugins import network\n\n"
+        f"@network({', '.join(f'{k}={v}' for k, v in args.items())})\n"
+        "def build(**options):\n" + textwrap.indent(body, "    ") + "\n"
+    )
+    return path
+
+
+def extractor_of(
+    model: torch.nn.Module, nodes: Mapping[str, str], *, in_channels: int = 3
+) -> torch.nn.Module:
+    """The workflow's extractor (:func:`featalign.extractor.build_extractor`) around a
+    module a test built: layer label -> graph node name (or a submodule's name)."""
+    from featalign.extractor import build_extractor
+    from featalign.plugins import NetworkSpec
+
+    spec = NetworkSpec(
+        name="test_module",
+        description="a module built by a test",
+        layers=tuple(nodes),
+        invariant_to=(),
+        in_channels=in_channels,
+        build=lambda: model,
+        source=Path(__file__),
+        nodes=dict(nodes),
+    )
+    return build_extractor(spec)
+

@@ -23,10 +23,7 @@ REPO_PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 TESTS_PLUGINS = Path(__file__).parent / "plugins"
 
 
-@pytest.fixture(autouse=True)
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugins, "_REGISTRY", dict(plugins._REGISTRY))
-    monkeypatch.setattr(plugins, "_PLUGIN_FILES", set(plugins._PLUGIN_FILES))
+pytestmark = pytest.mark.usefixtures("isolated_registry")
 
 
 def plugin(

@@ -9,16 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from featalign import plugins
 from featalign.cli import build_parser, main, parse_option
 
 TESTS_PLUGINS = str(Path(__file__).parent / "plugins")
 
 
-@pytest.fixture(autouse=True)
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugins, "_REGISTRY", dict(plugins._REGISTRY))
-    monkeypatch.setattr(plugins, "_PLUGIN_FILES", set(plugins._PLUGIN_FILES))
+pytestmark = pytest.mark.usefixtures("isolated_registry")
 
 
 class TestParser:

@@ -12,9 +12,10 @@ import xarray as xr
 
 from featalign import geometry
 from featalign.datasets import DatasetSpec, build_dataset
+from featalign.extractor import build_extractor
 from featalign.features import FeatureError, convert_channels, extract_features, layer_grid
 from featalign.io import write_netcdf
-from featalign.plugins import PluginError, build_extractor, get_network
+from featalign.plugins import PluginError, get_network
 
 TESTS = Path(__file__).resolve().parent
 

@@ -1,22 +1,22 @@
-"""Tests of featalign.plugins: registry, discovery, extraction, and plugin conformance."""
+"""Tests of featalign.plugins: registry, discovery, and plugin conformance."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_plugin
 
 from featalign import plugins
+from featalign.extractor import build_extractor
 from featalign.plugins import (
     FAMILIES,
     SUBGROUPS,
     PluginError,
-    build_extractor,
     default_plugin_dirs,
     get_network,
     list_networks,
@@ -27,32 +27,7 @@ TESTS_PLUGINS = Path(__file__).parent / "plugins"
 REPO_PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 
 
-@pytest.fixture(autouse=True)
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let every test register networks without leaking them into the others."""
-    monkeypatch.setattr(plugins, "_REGISTRY", dict(plugins._REGISTRY))
-    monkeypatch.setattr(plugins, "_PLUGIN_FILES", set(plugins._PLUGIN_FILES))
-
-
-def write_plugin(folder: Path, filename: str, name: str, body: str = "", **decl: str) -> Path:
-    """Write a plugin file declaring ``name``; ``decl`` overrides decorator arguments."""
-    args = {
-        "name": repr(name),
-        "description": repr("a test network"),
-        "layers": "['conv']",
-        "invariant_to": "[]",
-        "in_channels": "1",
-    }
-    args.update(decl)
-    body = body or "return torch.nn.Conv2d(1, 1, 3, padding=1)"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / filename
-    path.write_text(
-        "import torch\nfrom featalign.plugins import network\n\n"
-        f"@network({', '.join(f'{k}={v}' for k, v in args.items())})\n"
-        "def build(**options):\n" + textwrap.indent(body, "    ") + "\n"
-    )
-    return path
+pytestmark = pytest.mark.usefixtures("isolated_registry")
 
 
 class TestNetworkDecorator:
@@ -94,6 +69,10 @@ class TestNetworkDecorator:
             ({"layers": "[]"}, r"a\.py: .*at least one layer"),
             ({"layers": "['a', 'a']"}, r"a\.py: .*layer 'a' more than once"),
             ({"nodes": "{'zzz': 'n'}"}, r"a\.py: nodes .*'zzz', which is not in layers"),
+            (
+                {"layers": "['a', 'b']", "nodes": "{'a': 'n', 'b': 'n'}"},
+                r"a\.py: nodes .*map two layers to graph node 'n'",
+            ),
         ],
     )
     def test_exception(self, tmp_path: Path, decl: dict[str, str], match: str) -> None:
@@ -230,84 +209,6 @@ class TestListNetworks:
         monkeypatch.chdir(tmp_path)
         assert default_plugin_dirs() == [REPO_PLUGINS.resolve(), (tmp_path / "plugins").resolve()]
         assert {"mine", "vgg_random"} <= {s.name for s in list_networks()}
-
-
-class TestBuildExtractor:
-    def test_dict_module(self) -> None:
-        ex = build_extractor(get_network("tiny", [TESTS_PLUGINS]), {"width": 3})
-        out = ex(torch.rand(2, 1, 16, 16))
-        assert list(out) == ["conv", "pool"]
-        assert out["conv"].shape == (2, 3, 16, 16) and out["pool"].shape == (2, 3, 8, 8)
-        assert not ex.training and not any(p.requires_grad for p in ex.parameters())
-        assert ex.nodes is None
-
-    def test_wraps_by_node_names(self) -> None:
-        """tiny_nodes is tiny's net as nn.Sequential: the node outputs equal tiny's layers."""
-        x = torch.rand(2, 1, 16, 16)
-        native = build_extractor(get_network("tiny", [TESTS_PLUGINS]))(x)
-        ex = build_extractor(get_network("tiny_nodes", [TESTS_PLUGINS]))
-        wrapped = ex(x)
-        assert ex.nodes == {"conv": "1", "pool": "2"}
-        assert list(wrapped) == ["conv", "pool"]
-        for layer in ("conv", "pool"):
-            torch.testing.assert_close(wrapped[layer], native[layer])
-
-    def test_torchvision_model(self, tmp_path: Path) -> None:
-        write_plugin(
-            tmp_path,
-            "tv.py",
-            "tv_resnet",
-            layers="['early', 'layer2']",
-            in_channels="3",
-            nodes="{'early': 'layer1'}",
-            body="import torchvision\nreturn torchvision.models.resnet18(weights=None)",
-        )
-        out = build_extractor(get_network("tv_resnet", [tmp_path]))(torch.rand(1, 3, 64, 64))
-        assert list(out) == ["early", "layer2"]
-        assert out["early"].shape == (1, 64, 16, 16) and out["layer2"].shape == (1, 128, 8, 8)
-
-    def test_missing_node(self, tmp_path: Path) -> None:
-        write_plugin(
-            tmp_path,
-            "tv.py",
-            "tv_bad",
-            layers="['deep']",
-            in_channels="3",
-            nodes="{'deep': 'layer9'}",
-            body="import torchvision\nreturn torchvision.models.resnet18(weights=None)",
-        )
-        with pytest.raises(
-            PluginError,
-            match=r"tv\.py: layer 'deep' .*graph node 'layer9'.*featalign plugins nodes tv_bad",
-        ):
-            build_extractor(get_network("tv_bad", [tmp_path]))
-
-    def test_not_a_module(self, tmp_path: Path) -> None:
-        write_plugin(tmp_path, "a.py", "not_module", body="return 42")
-        with pytest.raises(
-            PluginError, match=r"a\.py: build\(\) .*returned int, not a torch.nn.Module"
-        ):
-            build_extractor(get_network("not_module", [tmp_path]))
-
-    def test_missing_layer_at_forward(self, tmp_path: Path) -> None:
-        body = (
-            "class M(torch.nn.Module):\n"
-            "    def forward(self, x):\n"
-            "        return {'other': x}\n"
-            "return M()"
-        )
-        write_plugin(tmp_path, "a.py", "missing_layer", body=body)
-        ex = build_extractor(get_network("missing_layer", [tmp_path]))
-        with pytest.raises(
-            PluginError,
-            match=r"a\.py: layer 'conv' .*missing from the module's output \(it has other\)",
-        ):
-            ex(torch.rand(1, 1, 8, 8))
-
-    def test_wrong_input_channels(self) -> None:
-        ex = build_extractor(get_network("tiny", [TESTS_PLUGINS]))
-        with pytest.raises(ValueError, match=r"\(N, 1, H, W\), got \(1, 3, 8, 8\)"):
-            ex(torch.rand(1, 3, 8, 8))
 
 
 CONFORMANCE_DIRS = [*default_plugin_dirs(), TESTS_PLUGINS]

@@ -27,8 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from featalign.nets import GridProbe, gaussian_kernel1d, probe_grid
-from featalign.plugins import NetworkSpec, PluginError, build_extractor, display_path, get_network
+from featalign.extractor import build_extractor
+from featalign.lattice import GridProbe, probe_grid
+from featalign.nets import gaussian_kernel1d
+from featalign.plugins import NetworkSpec, PluginError, display_path, get_network
 
 __all__ = [
     "APPROX_TOL",

@@ -123,7 +123,8 @@ def _cmd_plugins_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins_nodes(args: argparse.Namespace) -> int:
-    from featalign.plugins import PluginError, get_network, graph_nodes
+    from featalign.extractor import graph_nodes
+    from featalign.plugins import PluginError, get_network
 
     spec = get_network(args.name, args.plugin_dir)
     try:

@@ -10,7 +10,7 @@ holds, for that layer:
 * the dataset's transform coordinates (``family``, ``magnitude``, ``matrix``);
 * ``y`` and ``x`` as the *physical* centred image coordinates of the feature
   pixels (offset + stride·k − (n − 1)/2), and attributes ``stride``,
-  ``offset_y``, ``offset_x`` (measured, not assumed: :func:`featalign.nets.probe_grid`),
+  ``offset_y``, ``offset_x`` (measured, not assumed: :func:`featalign.lattice.probe_grid`),
   ``channels``, ``depth`` (position of the layer in the network) and the
   receptive field's extent.
 
@@ -43,9 +43,11 @@ import xarray as xr
 from tqdm import tqdm
 
 from featalign import __version__
+from featalign.extractor import build_extractor
 from featalign.geometry import Grid
 from featalign.io import file_sha256, make_attrs
-from featalign.plugins import NetworkSpec, PluginError, build_extractor
+from featalign.lattice import probe_grid
+from featalign.plugins import NetworkSpec, PluginError
 from featalign.runtime import BatchSizer, is_out_of_memory
 
 __all__ = ["FeatureError", "convert_channels", "extract_features", "layer_grid", "padding_for"]
@@ -247,8 +249,6 @@ def _extract(
     config: Any,
     rule: str,
 ) -> xr.DataTree:
-    from featalign.nets import probe_grid
-
     started = time.perf_counter()
     device = torch.device(device)
     options = dict(options or {})
