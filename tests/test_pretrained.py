@@ -11,11 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import extractor_of
 
 from featalign import pretrained
+from featalign.extractor import build_extractor
+from featalign.plugins import get_network
 from featalign.pretrained import (
     ConvTrunk,
-    extract_nodes,
     find_mobilenet_v2_weights,
     find_mtcnn_weights,
     imagenet_categories,
@@ -138,45 +140,8 @@ class TestMobilenetV2:
     )
     def test_layer_strides(self, model: torch.nn.Module, node: str, stride: int) -> None:
         with torch.no_grad():
-            out = extract_nodes(model, {"f": node})(torch.rand(1, 3, 64, 64))["f"]
+            out = extractor_of(model, {"f": node})(torch.rand(1, 3, 64, 64))["f"]
         assert out.shape[-2:] == (64 // stride, 64 // stride)
-
-
-class TestExtractNodes:
-    def test_smoke(self) -> None:
-        net = extract_nodes(resnet18(), {"stem": "relu", "layer1": "layer1"})
-        out = net(torch.rand(1, 3, 64, 64))
-        assert list(out) == ["stem", "layer1"]
-        assert out["stem"].shape == (1, 64, 32, 32) and out["layer1"].shape == (1, 64, 16, 16)
-
-    @pytest.mark.parametrize("batch", [1, 3])
-    @pytest.mark.parametrize("size", [32, 64])
-    def test_cardinality(self, batch: int, size: int) -> None:
-        net = extract_nodes(resnet18(), {"relu": "relu", "layer1": "layer1", "layer2": "layer2"})
-        with torch.no_grad():
-            out = net(torch.rand(batch, 3, size, size))
-        for label, (channels, stride) in {"relu": (64, 2), "layer1": (64, 4),
-                                          "layer2": (128, 8)}.items():  # fmt: skip
-            assert out[label].shape == (batch, channels, size // stride, size // stride)
-
-    def test_matches_model(self) -> None:
-        model = resnet18(seed=3)
-        x = torch.rand(2, 3, 32, 32)
-        with torch.no_grad():
-            expected = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
-            torch.testing.assert_close(extract_nodes(model, {"l": "layer1"})(x)["l"], expected)
-
-    def test_exception_unknown_node(self) -> None:
-        with pytest.raises(ValueError, match=r"no graph node\(s\) \['layer9'\].*get_graph_node"):
-            extract_nodes(resnet18(), {"x": "layer9"})
-
-    def test_exception_duplicate_node(self) -> None:
-        with pytest.raises(ValueError, match="both name node 'layer1'"):
-            extract_nodes(resnet18(), {"a": "layer1", "b": "layer1"})
-
-    def test_exception_empty(self) -> None:
-        with pytest.raises(ValueError, match="no nodes"):
-            extract_nodes(resnet18(), {})
 
 
 class TestResnet18:
@@ -292,14 +257,11 @@ class TestPlugins:
 
     @pytest.mark.parametrize("name", sorted(MY_NETWORKS))
     def test_smoke(self, no_network: None, name: str) -> None:
-        plugins = pytest.importorskip("featalign.plugins")
-        if not hasattr(plugins, "build_extractor"):
-            pytest.skip("featalign.plugins has no build_extractor")
-        spec = plugins.get_network(name)
+        spec = get_network(name)
         assert list(spec.layers) == MY_NETWORKS[name]
         assert tuple(spec.invariant_to) == ()
         options = {"random_init": True} if name == "mnist_cnn" else {}
-        extractor = plugins.build_extractor(spec, options)
+        extractor = build_extractor(spec, options)
         x = torch.rand(1, spec.in_channels, 64, 64)
         with torch.no_grad():
             out, again = extractor(x), extractor(x)

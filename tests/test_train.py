@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import extractor_of
 
 from featalign import __version__
-from featalign.pretrained import extract_nodes
 from featalign.train import (
     MNIST_CNN_NODES,
     MnistCNN,
@@ -40,7 +40,7 @@ class TestMnistCNN:
         x = torch.rand(batch, 1, size, size)
         with torch.no_grad():
             assert model(x).shape == (batch, 10)
-            out = extract_nodes(model, MNIST_CNN_NODES)(x)
+            out = extractor_of(model, MNIST_CNN_NODES, in_channels=1)(x)
         assert out["conv1"].shape == (batch, 64, size // 2, size // 2)
         assert out["conv2"].shape == (batch, 64, size // 4, size // 4)
         assert (out["conv1"] >= 0).all() and (out["conv2"] >= 0).all()

@@ -12,8 +12,8 @@ The networks built here feed the plugins in ``plugins/``:
 - :func:`mtcnn` — the P-, R- and O-Net of MTCNN with the weights shipped inside
   ``facenet-pytorch``, cut before their dense heads.
 
-:func:`extract_nodes` turns a module into one whose forward returns
-``{label: tensor}`` via torchvision's ``create_feature_extractor``.
+A plugin declares the graph node of each layer (``nodes=``), and
+:func:`featalign.extractor.build_extractor` returns those layers.
 
 Input convention for every builder here: images of shape (N, 3, H, W), float,
 values in [0, 1]; each network normalises inside its own forward.
@@ -40,7 +40,6 @@ __all__ = [
     "MOBILENET_V2_PACKAGE",
     "MTCNN_PACKAGE",
     "ConvTrunk",
-    "extract_nodes",
     "find_mobilenet_v2_weights",
     "find_mtcnn_weights",
     "imagenet_categories",
@@ -160,72 +159,6 @@ def _distribution_file(package: str, filename: str, *, install_hint: str) -> Pat
     )
 
 
-# --------------------------------------------------------------------------- extraction
-
-
-def extract_nodes(model: nn.Module, nodes: Mapping[str, str]) -> nn.Module:
-    """Wrap a module so that its forward returns ``{label: activation}``.
-
-    Uses torchvision's ``create_feature_extractor`` on ``model.eval()``. A node is a
-    name from ``get_graph_node_names(model.eval())[1]`` (the eval graph) or a
-    submodule's qualified name (``"layer1"``, ``"features.3"``), which stands for the
-    output of that submodule.
-
-    Args:
-        model: any FX-traceable module, e.g. a torchvision classifier.
-        nodes: layer label -> graph node name, e.g. ``{"layer1": "layer1"}``.
-
-    Returns:
-        A module (in eval mode) mapping images (N, C, H, W) to
-        ``{label: (N, C_l, H_l, W_l)}``, labels in the order of ``nodes``.
-
-    Raises:
-        ValueError: ``nodes`` is empty, maps two labels to one node, or names a node
-            the graph lacks (the message lists the nearest available names).
-
-    Example:
-        >>> import torch, torchvision
-        >>> net = extract_nodes(torchvision.models.resnet18(), {"stem": "relu"})
-        >>> net(torch.zeros(1, 3, 32, 32))["stem"].shape
-        torch.Size([1, 64, 16, 16])
-    """
-    if not nodes:
-        raise ValueError("extract_nodes: no nodes given")
-    node_to_label: dict[str, str] = {}
-    for label, node in nodes.items():
-        if node in node_to_label:
-            raise ValueError(
-                f"extract_nodes: labels {node_to_label[node]!r} and {label!r} both name node "
-                f"{node!r}; create_feature_extractor returns each node once"
-            )
-        node_to_label[node] = label
-    from torchvision.models.feature_extraction import (
-        create_feature_extractor,
-        get_graph_node_names,
-    )
-
-    model = model.eval()
-    _, eval_names = get_graph_node_names(model)
-    # create_feature_extractor also takes a module's qualified name ("layer1",
-    # "features.3"): it returns the output of the module's last operation.
-    missing = [
-        node
-        for node in node_to_label
-        if node not in eval_names and not any(n.startswith(node + ".") for n in eval_names)
-    ]
-    if missing:
-        import difflib
-
-        hints = {m: difflib.get_close_matches(m, eval_names, n=5, cutoff=0.3) for m in missing}
-        raise ValueError(
-            f"extract_nodes: {type(model).__name__} has no graph node(s) {missing} "
-            f"(nearest: {hints}); list them with "
-            "torchvision.models.feature_extraction.get_graph_node_names(model.eval())[1]"
-        )
-    extractor = create_feature_extractor(model, return_nodes=node_to_label)
-    return extractor.eval()
-
-
 class ConvTrunk(nn.Module):
     """Run named submodules in order and return the activations of some of them.
 
@@ -291,7 +224,7 @@ class ConvTrunk(nn.Module):
 def resnet18(*, seed: int = 0, weights: str | Path | None = None) -> nn.Module:
     """torchvision's ResNet-18, seeded random init or weights from a local file.
 
-    Node names for :func:`extract_nodes`: ``"relu"`` (stem after conv1/bn1/relu,
+    Graph node names for a plugin's ``nodes=``: ``"relu"`` (stem after conv1/bn1/relu,
     stride 2), ``"maxpool"`` (stride 4), ``"layer1"`` (stride 4), ``"layer2"``
     (stride 8), ``"layer3"`` (16), ``"layer4"`` (32). The stem's 7×7/2 convolution
     and 3×3/2 max-pool are padded, so these grids are not centred on the input's;
@@ -398,7 +331,7 @@ def __getattr__(name: str) -> Any:
 def mobilenet_v2(*, weights: str | Path | None = None, check_hash: bool = True) -> nn.Module:
     """torchvision's MobileNetV2 with ImageNet weights, normalising its input inside.
 
-    Node names for :func:`extract_nodes`: ``"features.1"`` (stride 2),
+    Graph node names for a plugin's ``nodes=``: ``"features.1"`` (stride 2),
     ``"features.3"`` (stride 4), ``"features.6"`` (stride 8), ``"features.13"`` (16).
 
     Args:
