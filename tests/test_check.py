@@ -135,6 +135,9 @@ class TestCheckNetwork:
         )
         assert f"> {EXACT_TOL:g}" in text
         assert "declared invariant to reflection but flip_y" in text and f"> {APPROX_TOL:g}" in text
+        # a norm ratio, named apart from the workflow's (squared) relative error
+        assert "gives relative difference" in text and "relative error" not in text
+        assert "relative error" not in report.format()
 
     def test_uncentred_grid_fails_declared_flip(self, tmp_path: Path) -> None:
         """x[::2] samples at even pixels: flips cannot map that grid onto itself."""

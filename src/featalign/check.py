@@ -7,11 +7,14 @@ repeated forwards), translation covariance at stride multiples, and the
 behaviour under the exact symmetries of the pixel grid (90° rotations, axis
 flips, transpose), whether declared or not.
 
-Errors are relative: ``‖Γ(T f) − T Γ(f)‖ / ‖Γ(f) − channel mean‖`` over the
-compared region. Exact properties (translation by stride multiples, declared
-``rotation90``/``flip``) must hold to :data:`EXACT_TOL`; a declared ``rotation``
-or ``reflection`` family (without the subgroup) to :data:`APPROX_TOL` on the grid
-elements. Errors of undeclared symmetries are reported for information only.
+Each check reports a **relative difference**, a norm ratio
+``‖Γ(T f) − T Γ(f)‖ / ‖Γ(f) − channel mean‖`` over the compared region (not the
+workflow's *relative error* of DESIGN.md "Measures", a ratio of squared norms over
+the region R: a relative difference d corresponds to a relative error of about d²).
+Exact properties (translation by stride multiples, declared ``rotation90``/``flip``)
+must hold to :data:`EXACT_TOL`; a declared ``rotation`` or ``reflection`` family
+(without the subgroup) to :data:`APPROX_TOL` on the grid elements. Differences
+under undeclared symmetries are reported for information only.
 """
 
 from __future__ import annotations
@@ -39,15 +42,16 @@ __all__ = [
     "CheckReport",
     "LayerResult",
     "check_network",
+    "relative_difference",
     "smooth_images",
 ]
 
 log = logging.getLogger(__name__)
 
 EXACT_TOL = 1e-5
-"""Relative error allowed for exact properties in float32."""
+"""Relative difference allowed for exact properties in float32."""
 APPROX_TOL = 0.05
-"""Relative error allowed for a declared approximate family on exact grid elements."""
+"""Relative difference allowed for a declared approximate family on exact grid elements."""
 MAX_CANVAS = 256
 """The largest canvas the check grows to so that translation has an interior."""
 
@@ -78,8 +82,8 @@ class LayerResult:
         finite: all outputs finite.
         deterministic: two builds and repeated forwards gave identical outputs.
         shift: the translation tested, (dy, dx) in pixels.
-        translation: relative error of the translation check (None: not measured).
-        symmetry: grid symmetry name -> relative error.
+        translation: relative difference of the translation check (None: not measured).
+        symmetry: grid symmetry name -> relative difference.
         expect: grid symmetry name -> tolerance when declared, absent if informative.
     """
 
@@ -152,7 +156,7 @@ class CheckReport:
                 "soft disk window, float32"
             )
         lines.append(
-            "  error     ||G(Tf) - T G(f)|| / ||G(f) - channel mean||; tolerance "
+            "  rel. diff ||G(Tf) - T G(f)|| / ||G(f) - channel mean|| (a norm ratio); tolerance "
             f"{EXACT_TOL:g} for exact checks (translation by stride multiples, rotation90, "
             f"flip), {APPROX_TOL:g} for declared approximate families (rotation, reflection) "
             "on grid elements; '*' declared and checked, '!' failed, unmarked informative"
@@ -187,13 +191,13 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _fmt_err(err: float | None, tol: float | None) -> str:
-    if err is None:
+def _fmt_diff(diff: float | None, tol: float | None) -> str:
+    if diff is None:
         return "n/a"
-    text = f"{err:.1e}"
+    text = f"{diff:.1e}"
     if tol is None:
         return text
-    return text + ("*" if err <= tol else "!")
+    return text + ("*" if diff <= tol else "!")
 
 
 def _yes(v: bool | None) -> str:
@@ -204,10 +208,10 @@ def _row(r: LayerResult) -> list[str]:
     shape = "n/a" if r.shape is None else "(" + ",".join(map(str, r.shape)) + ")"
     stride = "n/a" if r.stride is None else str(r.stride)
     offset = "n/a" if r.offset is None else f"({r.offset[0]:g},{r.offset[1]:g})"
-    trans = _fmt_err(r.translation, EXACT_TOL if r.translation is not None else None)
+    trans = _fmt_diff(r.translation, EXACT_TOL if r.translation is not None else None)
     if r.shift is not None and r.translation is not None:
         trans = f"{trans} @({r.shift[0]},{r.shift[1]})"
-    syms = [_fmt_err(r.symmetry.get(n), r.expect.get(n)) for n in SYMMETRIES]
+    syms = [_fmt_diff(r.symmetry.get(n), r.expect.get(n)) for n in SYMMETRIES]
     return [r.layer, shape, stride, offset, _yes(r.finite), _yes(r.deterministic), trans, *syms]
 
 
@@ -261,7 +265,22 @@ def _shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
-def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+def relative_difference(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """``‖a − ref‖ / ‖ref − per-channel mean of ref‖``, a norm ratio computed in float64.
+
+    Args:
+        a: feature maps of shape (..., H, W).
+        ref: the reference, same shape.
+
+    Returns:
+        The relative difference: 0 when ``a`` equals ``ref``; ``inf`` when ``ref`` is
+        flat (constant per channel) and ``a`` differs from it.
+
+    Example:
+        >>> ref = torch.arange(4.0).view(1, 2, 2)
+        >>> relative_difference(ref, ref), round(relative_difference(ref + 0.5, ref), 4)
+        (0.0, 0.4472)
+    """
     a64, r64 = a.double(), ref.double()
     num = torch.linalg.vector_norm(a64 - r64)
     den = torch.linalg.vector_norm(r64 - r64.mean(dim=(-2, -1), keepdim=True))
@@ -475,13 +494,14 @@ def _run_checks(
                 )
                 continue
             ref = _shift(out[layer], _SHIFT_K[0], _SHIFT_K[1])
-            r.translation = _rel(shifted[layer][..., ys, xs], ref[..., ys, xs])
+            r.translation = relative_difference(shifted[layer][..., ys, xs], ref[..., ys, xs])
             if r.translation > EXACT_TOL:
                 report.failures.append(
                     f"{where}: layer '{layer}' of network '{spec.name}' is not translation "
                     f"covariant: shifting the input by ({dy}, {dx}) px (stride {s} times "
-                    f"{_SHIFT_K}) gives relative error {r.translation:.2e} > {EXACT_TOL:g} in the "
-                    "interior; check the stride and avoid position-dependent operations."
+                    f"{_SHIFT_K}) gives relative difference {r.translation:.2e} > "
+                    f"{EXACT_TOL:g} in the interior; check the stride and avoid "
+                    "position-dependent operations."
                 )
 
     # 5. grid symmetries, declared or informative
@@ -498,7 +518,7 @@ def _run_checks(
         tout = _run(ex, op(x), spec, report, f"a batch transformed by {name}")
         for layer in spec.layers:
             r = by_name[layer]
-            err = _rel(tout[layer], op(out[layer])) if r.centred else None
+            diff = relative_difference(tout[layer], op(out[layer])) if r.centred else None
             tol = (
                 EXACT_TOL
                 if subgroup in declared
@@ -506,13 +526,13 @@ def _run_checks(
                 if (family in declared or "affine" in declared)
                 else None
             )
-            if err is not None:
-                r.symmetry[name] = err
+            if diff is not None:
+                r.symmetry[name] = diff
             if tol is None:
                 continue
             r.expect[name] = tol
             what = subgroup if tol == EXACT_TOL else family
-            if err is None:
+            if diff is None:
                 msg = (
                     f"{where}: layer '{layer}' of network '{spec.name}' is declared invariant "
                     f"to {what} but its sampling grid (stride {r.stride}, offset "
@@ -521,10 +541,10 @@ def _run_checks(
                 )
                 if msg not in report.failures:
                     report.failures.append(msg)
-            elif err > tol:
+            elif diff > tol:
                 report.failures.append(
                     f"{where}: layer '{layer}' of network '{spec.name}' is declared invariant to "
-                    f"{what} but {name} gives relative error {err:.2e} > {tol:g}; remove "
+                    f"{what} but {name} gives relative difference {diff:.2e} > {tol:g}; remove "
                     f"'{what}' from invariant_to or make the features invariant."
                 )
     uncentred = [r.layer for r in report.layers if not r.centred]

@@ -170,8 +170,9 @@ def _add_plugins(sub: argparse._SubParsersAction) -> None:
         help="build a network and check its contract and declared invariances",
         description="Build NAME, run smooth random images through it and report per layer: "
         "shape, measured stride and grid offset, finite outputs, determinism, translation "
-        "covariance at stride multiples, and relative errors under 90-degree rotations, "
-        "flips and transpose (checked where declared, informative otherwise). Exit 0 if "
+        "covariance at stride multiples, and relative differences (norm ratios) under "
+        "90-degree rotations, flips and transpose (checked where declared, informative "
+        "otherwise). Exit 0 if "
         "everything holds, 1 if a check fails, 2 on a usage error.",
     )
     q.add_argument("name", metavar="NAME", help="network name (see `featalign plugins list`)")
