@@ -1,9 +1,10 @@
-"""Adapter: alignment files -> featalign.summary -> errors.csv and claims.csv."""
+"""Adapter: alignment files -> featalign.summary -> errors.csv, claims.csv, claims_summary.md."""
 
-from featalign.figures import claims_summary_markdown
 from featalign.io import atomic_path
 from featalign.runtime import log_to
-from featalign.summary import claims_table, errors_table, verdict_grid_markdown
+from featalign.summary.claims import claims_table
+from featalign.summary.markdown import claims_summary_markdown, verdict_grid_markdown
+from featalign.summary.tables import errors_table
 
 log_to(snakemake.log[0])  # noqa: F821
 claims_cfg = snakemake.params.claims  # noqa: F821

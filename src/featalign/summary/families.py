@@ -1,0 +1,86 @@
+"""Claim families and the theory's prediction for each.
+
+**Claim families** refine the seven transformation families where the theory
+distinguishes cases: ``translation`` holds the shifts by multiples of the
+layer's stride (always predicted to align: CNNs are translation covariant),
+``translation_substride`` the others (aliasing, not the theorem: no
+prediction); ``rotation90`` and ``flip`` hold the exact symmetries of the pixel
+grid (multiples of 90°; reflections about the axes and diagonals), split from
+``rotation`` and ``reflection``. A network's declared ``invariant_to`` gives the
+prediction: a family is predicted to align if it, or a family containing it,
+is declared (``rotation`` contains ``rotation90``, ``reflection`` contains
+``flip``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["CLAIM_FAMILIES", "claim_family", "predicted"]
+
+#: Claim families in display order (see the module docstring).
+CLAIM_FAMILIES: tuple[str, ...] = (
+    "translation",
+    "translation_substride",
+    "rotation90",
+    "rotation",
+    "flip",
+    "reflection",
+    "scaling",
+    "anisotropic_scaling",
+    "shear",
+    "affine",
+)
+
+#: Which declared invariance implies which claim family aligns.
+_IMPLIED_BY = {
+    "translation": ("translation",),
+    "rotation90": ("rotation90", "rotation"),
+    "rotation": ("rotation",),
+    "flip": ("flip", "reflection"),
+    "reflection": ("reflection",),
+    "scaling": ("scaling",),
+    "anisotropic_scaling": ("anisotropic_scaling",),
+    "shear": ("shear",),
+    "affine": ("affine",),
+}
+
+
+def _is_multiple(x: float, step: float, tol: float = 1e-9) -> bool:
+    return abs(x / step - round(x / step)) < tol
+
+
+def claim_family(family: str, magnitude: float, stride: int) -> str:
+    """The claim family of one transform at a layer of the given stride.
+
+    Example:
+        >>> claim_family("translation", 4, 2), claim_family("translation", 1, 2)
+        ('translation', 'translation_substride')
+        >>> claim_family("rotation", 270, 1), claim_family("reflection", 30, 1)
+        ('rotation90', 'reflection')
+    """
+    if family == "translation":
+        return "translation" if _is_multiple(magnitude, stride) else "translation_substride"
+    if family == "rotation" and _is_multiple(magnitude, 90.0):
+        return "rotation90"
+    if family == "reflection" and _is_multiple(magnitude, 45.0):
+        return "flip"
+    return family
+
+
+def predicted(claim: str, invariant_to: Iterable[str]) -> str:
+    """The theory's prediction for a claim family: ``aligned``, ``not aligned`` or ``none``.
+
+    Translations by stride multiples are always predicted to align (translation
+    covariance); sub-stride shifts carry no prediction.
+
+    Example:
+        >>> predicted("rotation90", ["rotation"]), predicted("shear", ["rotation"])
+        ('aligned', 'not aligned')
+    """
+    declared = set(invariant_to)
+    if claim == "translation":
+        return "aligned"
+    if claim == "translation_substride":
+        return "none"
+    return "aligned" if declared.intersection(_IMPLIED_BY[claim]) else "not aligned"

@@ -1,0 +1,113 @@
+"""The two tables of the summary, their columns, and the errors table read from files.
+
+``errors.csv`` (:data:`ERRORS_COLUMNS`) holds every measurement, one row per
+dataset × network × layer × sample × transform × measure; ``claims.csv``
+(:data:`CLAIMS_COLUMNS`) one verdict per dataset × network × layer × claim family
+(:func:`featalign.summary.claims.claims_table`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from featalign.io import open_dataset
+from featalign.summary.families import claim_family
+
+__all__ = ["CLAIMS_COLUMNS", "ERRORS_COLUMNS", "check_columns", "errors_table", "ordered"]
+
+ERRORS_COLUMNS = (
+    "dataset",
+    "network",
+    "layer",
+    "depth",
+    "stride",
+    "channels",
+    "sample",
+    "transform",
+    "family",
+    "claim_family",
+    "magnitude",
+    "measure",
+    "error",
+)
+CLAIMS_COLUMNS = (
+    "dataset",
+    "network",
+    "layer",
+    "depth",
+    "stride",
+    "family",
+    "problems",
+    "prediction",
+    "verdict",
+    "excess_mean",
+    "ci_low",
+    "ci_high",
+    "margin",
+    "agreement",
+)
+
+
+def check_columns(df: pd.DataFrame, needed: Sequence[str], what: str) -> None:
+    """Raise a ``ValueError`` naming the missing columns if ``df`` lacks any of ``needed``.
+
+    Example:
+        >>> check_columns(pd.DataFrame({"a": [1]}), ["a", "b"], "toy")
+        Traceback (most recent call last):
+        ...
+        ValueError: the toy table lacks columns ['b']; it has ['a']
+    """
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"the {what} table lacks columns {missing}; it has {list(df.columns)}")
+
+
+def ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
+    """The distinct ``values``, in ``order`` first, then the unknown ones sorted.
+
+    Example:
+        >>> ordered(["shear", "zoom", "translation", "shear"], ["translation", "shear"])
+        ['translation', 'shear', 'zoom']
+    """
+    present = set(values)
+    return [v for v in order if v in present] + sorted(present - set(order))
+
+
+def errors_table(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """The tidy table of every measurement in the given alignment files.
+
+    One row per dataset × network × layer × sample × transform × measure.
+    """
+    frames = []
+    for path in paths:
+        ds = open_dataset(
+            path,
+            kind="alignment",
+            rebuild=f"snakemake {path}",
+            variables=("error",),
+            attrs=("dataset", "network", "layer", "stride", "depth", "channels"),
+        )
+        a = ds.attrs
+        err = ds["error"]
+        df = err.to_dataframe(name="error").reset_index()
+        fam = dict(zip(ds.transform.values.tolist(), ds.family.values.tolist()))
+        mag = dict(zip(ds.transform.values.tolist(), ds.magnitude.values.tolist()))
+        stride = int(a["stride"])
+        df["family"] = df["transform"].map(fam)
+        df["magnitude"] = df["transform"].map(mag)
+        df["claim_family"] = [
+            claim_family(f, m, stride) for f, m in zip(df["family"], df["magnitude"])
+        ]
+        df["dataset"] = a["dataset"]
+        df["network"] = a["network"]
+        df["layer"] = a["layer"]
+        df["depth"] = int(a["depth"])
+        df["stride"] = stride
+        df["channels"] = int(a["channels"])
+        frames.append(df[list(ERRORS_COLUMNS)])
+    if not frames:
+        return pd.DataFrame(columns=list(ERRORS_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
