@@ -1,4 +1,4 @@
-"""Figures: files written, sizes, axis labels, verdict marks, example panels, claims summary."""
+"""Figures: files written, sizes, axis labels, verdict marks, example panels, claims.csv's numbers."""
 
 from __future__ import annotations
 
@@ -12,21 +12,15 @@ import torch
 import xarray as xr
 
 from featalign import geometry
-from featalign.figures import (
-    DISAGREEMENT_MARK,
-    MAGNITUDE_LABELS,
-    claims_summary_markdown,
-    default_transform,
-    example_panels,
-    plot_affine_vs_oracle,
-    plot_error_vs_magnitude,
-    plot_example_panel,
-    plot_excess_vs_depth,
-    plot_training_curve,
-    plot_verdict_grid,
-    problem_excess,
-)
-from featalign.summary import CLAIMS_COLUMNS, ERRORS_COLUMNS, claims_table
+from featalign.figures.affine_vs_oracle import plot_affine_vs_oracle
+from featalign.figures.error_vs_magnitude import plot_error_vs_magnitude
+from featalign.figures.example_maps import default_transform, example_panels
+from featalign.figures.example_panel import plot_example_panel
+from featalign.figures.excess_vs_depth import excess_by_depth, plot_excess_vs_depth
+from featalign.figures.style import DISAGREEMENT_MARK, MAGNITUDE_LABELS, family_label
+from featalign.figures.training_curve import plot_training_curve
+from featalign.figures.verdict_grid import plot_verdict_grid
+from featalign.summary import CLAIMS_COLUMNS, ERRORS_COLUMNS, claim_family, claims_table
 
 NETWORKS = ("generic", "invariant")
 LAYERS = (("conv1", 0, 1, 4), ("conv2", 1, 2, 6))  # name, depth, stride, channels
@@ -41,8 +35,6 @@ SAMPLES = 4
 @pytest.fixture(scope="module")
 def errors() -> pd.DataFrame:
     """2 networks × 2 layers × 3 families × 3 magnitudes × 4 samples × 7 measures."""
-    from featalign.summary import claim_family
-
     rng = np.random.default_rng(0)
     rows = []
     for net in NETWORKS:
@@ -114,28 +106,13 @@ def _labels(fig) -> tuple[set[str], set[str]]:
     return {ax.get_xlabel() for ax in axes}, {ax.get_ylabel() for ax in axes}
 
 
-# --------------------------------------------------------------------------- tables
-
-
-class TestProblemExcess:
-    def test_matches_definition(self, errors):
-        exc = problem_excess(errors)
-        assert len(exc) == len(NETWORKS) * len(LAYERS) * 9 * SAMPLES
-        expected = np.minimum(exc["affine"], exc["dense"]) - exc["input"]
-        np.testing.assert_allclose(exc["excess"], expected)
-
-    def test_exception(self):
-        with pytest.raises(ValueError, match="lacks columns"):
-            problem_excess(pd.DataFrame({"error": [1.0]}))
-
-
 # --------------------------------------------------------------------------- 1. error vs magnitude
 
 
 class TestErrorVsMagnitude:
     def test_smoke(self, errors, tmp_path):
         png, pdf = tmp_path / "e.png", tmp_path / "e.pdf"
-        fig = plot_error_vs_magnitude(errors, "toy", "generic", png, pdf, n_boot=100)
+        fig = plot_error_vs_magnitude(errors, "toy", "generic", png, pdf, resamples=100)
         _check_files(png, pdf)
         grid = [ax for ax in fig.axes if ax.get_subplotspec() is not None]
         assert len(grid) == len(LAYERS) * len(SWEEP)
@@ -157,7 +134,7 @@ class TestErrorVsMagnitude:
 class TestExcessVsDepth:
     def test_smoke(self, errors, tmp_path):
         png, pdf = tmp_path / "x.png", tmp_path / "x.pdf"
-        fig = plot_excess_vs_depth(errors, "toy", png, pdf, margin=0.005, n_boot=100)
+        fig = plot_excess_vs_depth(errors, "toy", png, pdf, margin=0.005, resamples=100)
         _check_files(png, pdf)
         xlabels, _ylabels = _labels(fig)
         assert "layer depth (0 = first layer)" in xlabels
@@ -179,6 +156,91 @@ class TestExcessVsDepth:
             plot_excess_vs_depth(errors, "other", tmp_path / "a.png", tmp_path / "a.pdf")
 
 
+@pytest.fixture(scope="module")
+def mixed(errors) -> pd.DataFrame:
+    """The errors, a second dataset, and the rows in another order: none may move a number."""
+    other = errors.assign(dataset="toy2", error=errors["error"] * 1.5)
+    both = pd.concat([errors, other], ignore_index=True)
+    return both.sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+class TestSameNumbersAsClaims:
+    """The excess figure shows claims.csv's numbers, given the same claims config and seed."""
+
+    # what the summarize rule and the figure rule both receive (config claims, seed)
+    CLAIMS = {"margin": 0.005, "confidence": 0.9, "bootstrap": 300}
+    SEED = 3
+    INVARIANCES = {"generic": ["shear"], "invariant": ["rotation"]}
+
+    def _claims(self, errors: pd.DataFrame) -> pd.DataFrame:
+        c = self.CLAIMS
+        return claims_table(
+            errors,
+            self.INVARIANCES,
+            margin=c["margin"],
+            confidence=c["confidence"],
+            resamples=c["bootstrap"],
+            seed=self.SEED,
+        )
+
+    @pytest.mark.parametrize("dataset", ["toy", "toy2"])
+    def test_excess_by_depth_equals_claims(self, mixed, dataset):
+        claims = self._claims(mixed)
+        shown = excess_by_depth(
+            mixed,
+            dataset,
+            confidence=self.CLAIMS["confidence"],
+            resamples=self.CLAIMS["bootstrap"],
+            seed=self.SEED,
+        )
+        keys = ["family", "network", "depth"]
+        cols = ["excess_mean", "ci_low", "ci_high", "problems"]
+        want = claims[claims["dataset"] == dataset].set_index(keys)[cols].sort_index()
+        got = shown.rename(
+            columns={
+                "claim_family": "family",
+                "mean": "excess_mean",
+                "low": "ci_low",
+                "high": "ci_high",
+                "rows": "problems",
+            }
+        )
+        got = got.set_index(keys)[cols].sort_index()
+        assert len(want) == len(got) > 10
+        assert (want["ci_low"] < want["ci_high"]).any()  # real intervals, not constants
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+    def test_drawn_lines_and_bands_are_the_claims(self, mixed, tmp_path):
+        claims = self._claims(mixed)
+        claims = claims[claims["dataset"] == "toy"]
+        fig = plot_excess_vs_depth(
+            mixed,
+            "toy",
+            tmp_path / "x.png",
+            tmp_path / "x.pdf",
+            margin=self.CLAIMS["margin"],
+            confidence=self.CLAIMS["confidence"],
+            resamples=self.CLAIMS["bootstrap"],
+            seed=self.SEED,
+        )
+        assert "90 % bootstrap interval" in fig.get_suptitle()
+        family_of = {family_label(f): f for f in claims["family"].unique()}
+        checked = 0
+        for ax in (ax for ax in fig.axes if ax.get_visible()):
+            fam = family_of[ax.get_title()]
+            lines = [ln for ln in ax.get_lines() if ln.get_label() in NETWORKS]
+            assert len(lines) == len(ax.collections)  # one band per line, in line order
+            for line, band in zip(lines, ax.collections):
+                rows = claims[(claims["network"] == line.get_label()) & (claims["family"] == fam)]
+                rows = rows.sort_values("depth")
+                assert np.array_equal(line.get_xdata(), rows["depth"].to_numpy())
+                assert np.array_equal(line.get_ydata(), rows["excess_mean"].to_numpy())
+                band_y = set(band.get_paths()[0].vertices[:, 1].tolist())
+                assert set(rows["ci_low"]) | set(rows["ci_high"]) <= band_y
+                checked += 1
+        assert checked == len(claims.groupby(["network", "family"]))
+
+
 # --------------------------------------------------------------------------- 3. verdict grid
 
 
@@ -194,10 +256,8 @@ class TestVerdictGrid:
         rows = [lab.get_text() for lab in ax.get_yticklabels()]
         cols = [lab.get_text() for lab in ax.get_xticklabels()]
         got = {(rows[round(t.get_position()[1])], cols[round(t.get_position()[0])]) for t in marks}
-        from featalign.figures import _family_label
-
         want = {
-            (f"{r.dataset} / {r.network} / {r.layer}", _family_label(r.family))
+            (f"{r.dataset} / {r.network} / {r.layer}", family_label(r.family))
             for r in claims.itertuples()
             if r.agreement == "no"
         }
@@ -519,37 +579,3 @@ class TestTrainingCurve:
         torch.save({"state_dict": {}, "meta": {"heldout_accuracy": 0.9}}, weights)
         with pytest.raises(ValueError, match="has no training history"):
             plot_training_curve(weights, tmp_path / "t.png", tmp_path / "t.pdf")
-
-
-# --------------------------------------------------------------------------- claims summary
-
-
-class TestClaimsSummary:
-    def test_counts_match_the_table(self, claims):
-        text = claims_summary_markdown(claims)
-        counts = claims["agreement"].value_counts()
-        yes, no, na = (int(counts.get(k, 0)) for k in ("yes", "no", "n/a"))
-        assert f"**yes {yes}**, **no {no}**, n/a {na}" in text
-        assert no > 0 and f"**Disagreements** ({no}):" in text
-        items = [ln for ln in text.splitlines() if ln.startswith("- ")]
-        assert len(items) == no
-        # the cross-tab rows sum to the table's size
-        header = next(ln for ln in text.splitlines() if ln.startswith("| verdict"))
-        preds = [c.strip() for c in header.strip("|").split("|")[1:]]
-        body = [
-            ln
-            for ln in text.splitlines()
-            if ln.startswith("| ") and ln is not header and not ln.startswith("| verdict")
-        ]
-        total = 0
-        for ln in body:
-            cells = [c.strip() for c in ln.strip("|").split("|")]
-            v, nums = cells[0], [int(c) for c in cells[1:]]
-            for p, n in zip(preds, nums):
-                assert n == int(((claims["verdict"] == v) & (claims["prediction"] == p)).sum())
-            total += sum(nums)
-        assert total == len(claims)
-
-    def test_no_disagreements(self, claims):
-        ok = claims[claims["agreement"] != "no"]
-        assert "No disagreements." in claims_summary_markdown(ok)

@@ -1,4 +1,7 @@
 # Figures (PNG and PDF) for the report: results/figures/...
+# One script per rule, workflow/scripts/figure_<name>.py, calls featalign.figures.<name>.
+# A figure that shows an excess interval gets the claims config and the seed, so that
+# its numbers are those of claims.csv.
 
 
 rule figure_error_vs_magnitude:
@@ -20,9 +23,9 @@ rule figure_error_vs_magnitude:
     conda:
         "../../environment.yml"
     params:
-        code=code("figure.py"),
+        code=code("figure_error_vs_magnitude.py"),
     script:
-        "../scripts/figure.py"
+        "../scripts/figure_error_vs_magnitude.py"
 
 
 rule figure_excess_vs_depth:
@@ -43,10 +46,11 @@ rule figure_excess_vs_depth:
     conda:
         "../../environment.yml"
     params:
-        code=code("figure.py"),
-        margin=config["claims"]["margin"],
+        code=code("figure_excess_vs_depth.py"),
+        claims=config["claims"],
+        seed=config["seed"],
     script:
-        "../scripts/figure.py"
+        "../scripts/figure_excess_vs_depth.py"
 
 
 rule figure_verdict_grid:
@@ -66,9 +70,9 @@ rule figure_verdict_grid:
     conda:
         "../../environment.yml"
     params:
-        code=code("figure.py"),
+        code=code("figure_verdict_grid.py"),
     script:
-        "../scripts/figure.py"
+        "../scripts/figure_verdict_grid.py"
 
 
 rule figure_affine_vs_oracle:
@@ -88,9 +92,9 @@ rule figure_affine_vs_oracle:
     conda:
         "../../environment.yml"
     params:
-        code=code("figure.py"),
+        code=code("figure_affine_vs_oracle.py"),
     script:
-        "../scripts/figure.py"
+        "../scripts/figure_affine_vs_oracle.py"
 
 
 rule figure_example_panel:
@@ -111,10 +115,10 @@ rule figure_example_panel:
     conda:
         "../../environment.yml"
     params:
-        code=code("figure.py"),
+        code=code("figure_example_panel.py"),
         layers=example_networks(),
     script:
-        "../scripts/figure.py"
+        "../scripts/figure_example_panel.py"
 
 
 rule figure_training_curve:
@@ -135,6 +139,6 @@ rule figure_training_curve:
     conda:
         "../../environment.yml"
     params:
-        code=code("figure.py"),
+        code=code("figure_training_curve.py"),
     script:
-        "../scripts/figure.py"
+        "../scripts/figure_training_curve.py"

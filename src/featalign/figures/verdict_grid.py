@@ -1,0 +1,191 @@
+"""Figure: the verdicts as a grid, rows dataset / network / layer, columns claim families."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+from featalign.figures.style import (
+    DISAGREEMENT_MARK,
+    VERDICT_COLOURS,
+    family_label,
+    save,
+    style,
+)
+from featalign.summary.families import CLAIM_FAMILIES
+from featalign.summary.tables import check_columns, ordered
+
+__all__ = ["plot_verdict_grid"]
+
+
+def _row_key(r: pd.Series) -> tuple[str, str, str]:
+    return (str(r["dataset"]), str(r["network"]), str(r["layer"]))
+
+
+def plot_verdict_grid(claims: pd.DataFrame, png: str | Path, pdf: str | Path) -> Figure:
+    """Verdicts as a grid: rows dataset / network / layer, columns claim families.
+
+    A cell's colour is its verdict (:data:`VERDICT_COLOURS`); a cell whose verdict
+    disagrees with the prediction (``agreement == "no"``) carries a bold
+    :data:`DISAGREEMENT_MARK` (a text artist with gid ``"disagreement"``) and a
+    black border; a cell without a prediction (``agreement == "n/a"``) is hatched
+    white; empty cells (no problems of that family) stay white. Thick lines
+    separate networks. The figure's height grows with the number of rows.
+
+    Args:
+        claims: the claims table (:data:`featalign.summary.CLAIMS_COLUMNS`).
+        png: output PNG path.
+        pdf: output PDF path.
+
+    Returns:
+        The (closed) figure.
+
+    Raises:
+        ValueError: on an empty table or unknown verdicts.
+    """
+    check_columns(
+        claims, ["dataset", "network", "layer", "depth", "family", "verdict", "agreement"], "claims"
+    )
+    if claims.empty:
+        raise ValueError("the claims table is empty: nothing to plot")
+    unknown = set(claims["verdict"]) - set(VERDICT_COLOURS)
+    if unknown:
+        raise ValueError(f"unknown verdicts {sorted(unknown)}; known: {list(VERDICT_COLOURS)}")
+    rows_df = (
+        claims[["dataset", "network", "layer", "depth"]]
+        .drop_duplicates()
+        .sort_values(["dataset", "network", "depth", "layer"])
+    )
+    rows = [_row_key(r) for _, r in rows_df.iterrows()]
+    cols = ordered(claims["family"].unique().tolist(), CLAIM_FAMILIES)
+    verdicts = list(VERDICT_COLOURS)
+    codes = np.full((len(rows), len(cols)), np.nan)
+    row_index = {k: i for i, k in enumerate(rows)}
+    col_index = {f: j for j, f in enumerate(cols)}
+    marks: list[tuple[int, int]] = []
+    unpredicted: list[tuple[int, int]] = []
+    for _, r in claims.iterrows():
+        i, j = row_index[_row_key(r)], col_index[r["family"]]
+        codes[i, j] = verdicts.index(r["verdict"])
+        if str(r["agreement"]) == "no":
+            marks.append((i, j))
+        elif str(r["agreement"]) == "n/a":
+            unpredicted.append((i, j))
+
+    n_rows, n_cols = len(rows), len(cols)
+    labels = [f"{d} / {n} / {lay}" for d, n, lay in rows]
+    label_width = 0.07 * max(len(s) for s in labels)
+    cmap = ListedColormap([VERDICT_COLOURS[v] for v in verdicts]).with_extremes(bad="white")
+    with style():
+        fig, ax = plt.subplots(
+            figsize=(label_width + 0.55 * n_cols + 2.6, 1.7 + 0.24 * n_rows),
+            layout="constrained",
+        )
+        ax.imshow(
+            np.ma.masked_invalid(codes),
+            cmap=cmap,
+            vmin=-0.5,
+            vmax=len(verdicts) - 0.5,
+            aspect="auto",
+            interpolation="nearest",
+        )
+        ax.grid(False)
+        ax.set_xticks(np.arange(n_cols - 1) + 0.5, minor=True)
+        ax.set_yticks(np.arange(n_rows - 1) + 0.5, minor=True)
+        ax.grid(which="minor", color="white", linewidth=0.8)
+        ax.tick_params(which="minor", length=0)
+        ax.set_xticks(np.arange(n_cols))
+        ax.set_xticklabels(
+            [family_label(c) for c in cols], rotation=40, ha="left", rotation_mode="anchor"
+        )
+        ax.xaxis.tick_top()
+        ax.xaxis.set_label_position("top")
+        ax.set_yticks(np.arange(n_rows))
+        ax.set_yticklabels(labels)
+        ax.set_xlabel("claim family")
+        ax.set_ylabel("dataset / network / layer")
+        for i in range(1, n_rows):
+            if rows[i][:2] != rows[i - 1][:2]:
+                ax.axhline(i - 0.5, color="black", linewidth=1.4)
+        for i, j in unpredicted:
+            ax.add_patch(
+                Rectangle(
+                    (j - 0.5, i - 0.5),
+                    1,
+                    1,
+                    fill=False,
+                    hatch="////",
+                    edgecolor=(1.0, 1.0, 1.0, 0.7),
+                    linewidth=0,
+                    gid="no-prediction",
+                )
+            )
+        for i, j in marks:
+            ax.add_patch(
+                Rectangle(
+                    (j - 0.5, i - 0.5),
+                    1,
+                    1,
+                    fill=False,
+                    edgecolor="black",
+                    linewidth=1.5,
+                    gid="disagreement-border",
+                )
+            )
+            ax.text(
+                j,
+                i,
+                DISAGREEMENT_MARK,
+                ha="center",
+                va="center",
+                fontsize=10,
+                fontweight="bold",
+                color="black",
+                gid="disagreement",
+            )
+        present = [v for v in verdicts if v in set(claims["verdict"])]
+        handles: list[Any] = [
+            Patch(facecolor=VERDICT_COLOURS[v], edgecolor="0.5", label=v) for v in present
+        ]
+        handles.append(
+            Patch(
+                facecolor="white",
+                edgecolor="black",
+                linewidth=1.5,
+                label=f"{DISAGREEMENT_MARK} disagrees with the prediction",
+            )
+        )
+        if unpredicted:
+            handles.append(
+                Patch(
+                    facecolor="0.55",
+                    edgecolor="white",
+                    hatch="////",
+                    linewidth=0,
+                    label="hatched: no prediction (n/a)",
+                )
+            )
+        ax.legend(
+            handles=handles,
+            title="measured verdict",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            frameon=False,
+            borderaxespad=0.0,
+        )
+        n_no = len(marks)
+        n_pred = int((claims["agreement"] != "n/a").sum())
+        ax.set_title(
+            f"Verdicts per layer and claim family: {n_pred - n_no} of {n_pred} "
+            "predictions confirmed",
+            pad=12,
+            loc="left",
+        )
+    return save(fig, png, pdf)
