@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from common import Goal, make_problems, run_standalone, set_threads, time_call, write_json
 
-from featalign.align import fit_affine
+from featalign.align.affine import fit_affine
 from featalign.geometry import identity, to_theta
 
 NAME = "floor"

@@ -14,7 +14,8 @@ import time
 import torch
 from common import Goal, error_summary, make_problems, run_standalone, set_threads, write_json
 
-from featalign.align import fit_affine, grid_symmetries
+from featalign.align.affine import fit_affine
+from featalign.align.starts import grid_symmetries
 from featalign.geometry import identity
 
 NAME = "multistart"

@@ -59,7 +59,9 @@ from common import (
     write_json,
 )
 
-from featalign.align import family_starts, fit_affine, grid_symmetries, warp_loss
+from featalign.align.affine import fit_affine
+from featalign.align.measures import warp_loss
+from featalign.align.starts import family_starts, grid_symmetries
 from featalign.geometry import identity
 
 log = logging.getLogger("bench_optimizer")

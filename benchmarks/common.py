@@ -13,7 +13,7 @@ stays inside the canvas with a margin: the exact answer is ``invert(g)``. R is t
 *floor* of a problem is the error of that exact answer: bilinear resampling twice is not
 the identity, so no method can be expected to get much below it.
 
-**Metric** (:func:`final_error`): featalign's :func:`~featalign.align.relative_error`
+**Metric** (:func:`final_error`): featalign's :func:`~featalign.align.measures.relative_error`
 over R of ``warp(moving, M)`` against ``target``, for every method's final matrix ``M``
 (``tgt_from_src`` in centred image pixels), so all methods are scored identically.
 
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # run from a checkout without an editable install
     sys.path.insert(0, str(ROOT / "src"))
 
-from featalign.align import region_mask, relative_error
+from featalign.align.measures import region_mask, relative_error
 from featalign.geometry import (
     Grid,
     anisotropic_scaling,

@@ -1,5 +1,6 @@
-"""Known answers of the warp optimiser (featalign.align): planted warps, grid symmetries,
-pointwise networks, stride-multiple translations, never worse than a start, gradcheck."""
+"""Known answers of the warp optimiser (featalign.align.affine, .layer): planted warps,
+grid symmetries, pointwise networks, stride-multiple translations, never worse than a
+start, gradcheck."""
 
 from __future__ import annotations
 
@@ -14,16 +15,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from featalign import geometry as g
-from featalign.align import (
-    MEASURES,
-    SYMMETRY_NAMES,
-    align_layer,
-    family_starts,
-    fit_affine,
-    grid_symmetries,
-    region_mask,
-    warp_loss,
-)
+from featalign.align.affine import fit_affine
+from featalign.align.layer import align_layer
+from featalign.align.measures import MEASURES, region_mask, warp_loss
+from featalign.align.starts import SYMMETRY_NAMES, family_starts, grid_symmetries
 
 SIZE = 64
 RADIUS = 20.0

@@ -1,12 +1,12 @@
-"""Adapter: one layer of a features file -> featalign.measure -> results/alignment/.../{layer}.nc."""
+"""Adapter: a features file's layer -> featalign.align.files -> results/alignment/.../{layer}.nc."""
 
+from featalign.align.files import alignment_dataset
 from featalign.io import write_netcdf
-from featalign.measure import measure_layer
 from featalign.runtime import log_to, resolve_device
 
 log_to(snakemake.log[0])  # noqa: F821
 section = snakemake.params.section  # noqa: F821
-result = measure_layer(
+result = alignment_dataset(
     snakemake.input.features,  # noqa: F821
     snakemake.wildcards.layer,  # noqa: F821
     region_fraction=section["region"]["radius"],

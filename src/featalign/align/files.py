@@ -1,14 +1,16 @@
-"""The alignment stage: one layer of a features file in, every measure out.
+"""The ``align`` stage's file in and file out: one layer of a features file -> an alignment Dataset.
 
 An alignment file (``results/alignment/{dataset}/{network}/{layer}.nc``) holds,
 per (sample, transform):
 
-* ``error(sample, transform, measure)``: the relative error of each measure
-  (:data:`featalign.align.MEASURES`, normalised as
-  :data:`featalign.align.NORMALISATION`);
+* ``error(sample, transform, measure)``: the error of each measure
+  (:data:`featalign.align.measures.MEASURES`, normalised as
+  :data:`featalign.align.measures.NORMALISATION`);
 * ``affine_matrix(sample, transform, row, col)``: the best affine warp found
   (``tgt_from_src`` in centred image pixels, applied to Γ(T_g f));
-* ``affine_iterations``, ``affine_converged``, ``affine_start`` (which start won);
+* ``affine_iterations``, ``affine_converged``, ``affine_start`` (the name of the
+  start that won: ``oracle``, a grid symmetry of
+  :data:`featalign.align.starts.SYMMETRY_NAMES`, or ``family<k>``);
 * ``dense_displacement_rms``: size of the dense warp's extra displacement;
 * the dataset's transform coordinates (``family``, ``magnitude``, ``matrix``),
 
@@ -27,25 +29,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from featalign.align import MEASURES, NORMALISATION, align_layer
+from featalign.align.layer import ALIGNMENT_DEFAULTS, LayerAlignment, align_layer
+from featalign.align.measures import NORMALISATION, EmptyRegionError
 from featalign.features import layer_grid
 from featalign.io import FileError, make_attrs, open_dataset
 from featalign.runtime import retry_on_out_of_memory, working_elements
 
-__all__ = ["ALIGNMENT_DEFAULTS", "layer_names", "measure_layer"]
+__all__ = ["alignment_dataset", "layer_names"]
 
 log = logging.getLogger(__name__)
-
-#: Defaults of the config's ``alignment`` section (the schema states the same).
-ALIGNMENT_DEFAULTS: dict[str, Any] = {
-    "method": "gauss_newton",
-    "starts_per_family": 4,
-    "dense_grid": 6,
-    "dense_smoothness": 1e-3,
-    "dense_steps": 60,
-    "ridge": 1e-3,
-    "max_batch_elements": 2**25,
-}
 
 
 def layer_names(path: str | Path) -> list[str]:
@@ -56,7 +48,7 @@ def layer_names(path: str | Path) -> list[str]:
         return list(nc.groups)
 
 
-def measure_layer(
+def alignment_dataset(
     features_path: str | Path,
     layer: str,
     *,
@@ -68,13 +60,14 @@ def measure_layer(
     config: Any = None,
     rule: str = "",
 ) -> xr.Dataset:
-    """All measures of one layer of a features file.
+    """The alignment dataset of one layer of a features file: every measure, every warp.
 
     Args:
         features_path: ``results/features/{dataset}/{network}.nc``.
-        layer: the layer (group) to measure.
+        layer: the layer (group) to align.
         region_fraction: radius of the region R as a fraction of the half-canvas.
-        options: the config's ``alignment`` section (defaults: :data:`ALIGNMENT_DEFAULTS`).
+        options: the config's ``alignment`` section (defaults:
+            :data:`featalign.align.layer.ALIGNMENT_DEFAULTS`).
         seed: seeds the optimiser's family starts.
         device: where to compute.
         progress: show progress bars.
@@ -85,8 +78,9 @@ def measure_layer(
         The alignment dataset described in the module docstring.
 
     Raises:
-        FileError: the file lacks the layer, holds non-finite values, or its shapes
-            disagree; the message names the file, the layer and the fix.
+        FileError: the file lacks the layer, holds non-finite values, its shapes
+            disagree, or the region R holds no feature pixel of the layer; the message
+            names the file, the layer and the fix.
     """
     opts = {**ALIGNMENT_DEFAULTS, **dict(options or {})}
     path = Path(features_path)
@@ -109,10 +103,20 @@ def measure_layer(
     attrs = dict(root.attrs)
     root.close()
     ds = open_dataset(
-        path, kind="features", rebuild=rebuild, group=layer,
+        path,
+        kind="features",
+        rebuild=rebuild,
+        group=layer,
         variables=("original", "transformed", "realigned"),
-        attrs=("stride", "offset_y", "offset_x", "image_height", "image_width", "depth",
-               "channels"),
+        attrs=(
+            "stride",
+            "offset_y",
+            "offset_x",
+            "image_height",
+            "image_width",
+            "depth",
+            "channels",
+        ),
     )
     for name in ("original", "transformed", "realigned"):
         if not np.isfinite(ds[name].values).all():
@@ -134,7 +138,7 @@ def measure_layer(
     radius = region_fraction * min(grid.image_height or h, grid.image_width or w) / 2
     device = torch.device(device)
 
-    def run(elements: int) -> Any:
+    def run(elements: int) -> LayerAlignment:
         return align_layer(
             torch.from_numpy(ds.original.values),
             torch.from_numpy(ds.transformed.values),
@@ -161,16 +165,13 @@ def measure_layer(
             working_elements(device, int(opts["max_batch_elements"])),
             what=f"{path} layer {layer}",
         )
-    except ValueError as err:
-        if "region" in str(err).lower():
-            raise FileError(
-                f"features file {path}, layer {layer!r} ({h}x{w} at stride {grid.stride}): "
-                f"{err}"
-            ) from None
-        raise
+    except EmptyRegionError as err:
+        raise FileError(
+            f"features file {path}, layer {layer!r} ({h}x{w} at stride {grid.stride}): {err}"
+        ) from None
     starts = np.array(result.start_names, dtype=object)
     dims2 = ("sample", "transform")
-    out = xr.Dataset(
+    return xr.Dataset(
         {
             "error": (
                 (*dims2, "measure"),
@@ -187,16 +188,28 @@ def measure_layer(
                     "coordinate_frame": "centred image pixel coordinates (x right, y down)",
                 },
             ),
-            "affine_iterations": (dims2, result.affine_iterations.numpy().astype(np.int32),
-                                  {"long_name": "optimiser iterations", "units": "1"}),
-            "affine_converged": (dims2, result.affine_converged.numpy().astype(np.int8),
-                                 {"long_name": "optimiser converged (1) or not (0)", "units": "1"}),
-            "affine_start": (dims2, starts[result.affine_start.numpy()],
-                             {"long_name": "start of the winning optimisation"}),
+            "affine_iterations": (
+                dims2,
+                result.affine_iterations.numpy().astype(np.int32),
+                {"long_name": "optimiser iterations", "units": "1"},
+            ),
+            "affine_converged": (
+                dims2,
+                result.affine_converged.numpy().astype(np.int8),
+                {"long_name": "optimiser converged (1) or not (0)", "units": "1"},
+            ),
+            "affine_start": (
+                dims2,
+                starts[result.affine_start.numpy()],
+                {"long_name": "start of the winning optimisation"},
+            ),
             "dense_displacement_rms": (
-                dims2, result.dense_displacement_rms.numpy(),
-                {"long_name": "rms displacement of the dense warp beyond the affine",
-                 "units": "pixel"},
+                dims2,
+                result.dense_displacement_rms.numpy(),
+                {
+                    "long_name": "rms displacement of the dense warp beyond the affine",
+                    "units": "pixel",
+                },
             ),
         },
         coords={
@@ -228,6 +241,3 @@ def measure_layer(
             compute_seconds=float(sum(result.seconds.values())),
         ),
     )
-    if tuple(result.measures) != MEASURES:
-        raise RuntimeError(f"measure order {result.measures} differs from {MEASURES}")
-    return out
