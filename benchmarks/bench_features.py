@@ -3,11 +3,11 @@
 The batch size is the config schema's default ``features.batch_size`` (what a run uses
 unless its config says otherwise).
 
-The built-in network ``vgg_random`` (``featalign.plugins.get_network`` + ``build_extractor``,
-all three layers returned, as the feature stage runs it) on smooth random RGB textures of
-64×64 pixels, zero-padded by 8 px as the feature stage pads the canvas, under
-``torch.inference_mode``. The batch-32 pass and the batch-1 loop over the same images
-are timed alternately; the fastest of each is compared.
+The built-in network ``vgg_random`` (``featalign.plugins.get_network`` +
+``featalign.extractor.build_extractor``, all three layers returned, as the feature stage
+runs it) on smooth random RGB textures of 64×64 pixels, zero-padded by 8 px as the
+feature stage pads the canvas, under ``torch.inference_mode``. The batch-32 pass and the
+batch-1 loop over the same images are timed alternately; the fastest of each is compared.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import yaml
 from common import ROOT, Goal, run_standalone, set_threads, smooth_fields, write_json
 
-from featalign.plugins import build_extractor, get_network
+from featalign.extractor import build_extractor
+from featalign.plugins import get_network
 
 NAME = "features"
 #: The goal of the batched throughput over the batch-1 loop.
