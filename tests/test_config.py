@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from featalign.config import ConfigError, check_config, check_schema
+from featalign.config import (
+    ConfigError,
+    check_config,
+    check_schema,
+    fill_defaults,
+    validate_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA_PATH = ROOT / "workflow/schemas/config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def load(name: str) -> dict:
@@ -19,18 +27,57 @@ def load(name: str) -> dict:
 
 
 def filled(cfg: dict) -> dict:
-    from snakemake.utils import validate
-
     cfg = copy.deepcopy(cfg)
-    validate(cfg, str(ROOT / "workflow/schemas/config.schema.yaml"), set_default=True)
+    fill_defaults(cfg, SCHEMA)
     return cfg
 
 
-@pytest.mark.parametrize("name", ["test.yaml", "config.yaml"])
+@pytest.mark.parametrize("name", ["test.yaml", "config.yaml", "paper.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = load(name)
-    check_schema(cfg, SCHEMA)
-    check_config(filled(cfg))
+    specs = validate_config(cfg, SCHEMA_PATH)
+    assert list(specs) == list(load(name)["networks"])
+    assert cfg == filled(load(name))  # the defaults are filled in, in place
+
+
+def sparse_config() -> dict:
+    """A config that leaves most keys to the schema: nested defaults inside defaults."""
+    cfg = load("test.yaml")
+    cfg["claims"] = {"bootstrap": 200}
+    cfg["alignment"] = {"dense_steps": 0}
+    del cfg["datasets"]["tiny_digits"]["window"]
+    cfg["datasets"]["tiny_photos"]["window"] = {"radius": 0.5}
+    cfg["networks"]["pointwise"] = None
+    for key in ("seed", "device"):
+        del cfg[key]
+    return cfg
+
+
+@pytest.mark.parametrize("name", ["test.yaml", "config.yaml", "paper.yaml", "sparse"])
+def test_defaults_as_snakemake_fills_them(name):
+    """The same values in the same key order as snakemake.utils.validate(set_default=True),
+    which common.smk called before featalign did it: job params, and so reruns, depend on it."""
+    from snakemake.utils import validate
+
+    cfg = sparse_config() if name == "sparse" else load(name)
+    ours, theirs = copy.deepcopy(cfg), copy.deepcopy(cfg)
+    fill_defaults(ours, SCHEMA)
+    validate(theirs, str(SCHEMA_PATH), set_default=True)
+    assert json.dumps(ours) == json.dumps(theirs)
+    if name == "sparse":
+        assert ours["alignment"]["method"] == "gauss_newton" and ours["seed"] == 0
+        assert ours["claims"] == {"bootstrap": 200, "margin": 0.005, "confidence": 0.95}
+        assert ours["datasets"]["tiny_photos"]["window"] == {"radius": 0.5, "taper": 0.2}
+
+
+def test_fill_defaults_leaves_the_schema_alone():
+    schema = copy.deepcopy(SCHEMA)
+    a, b = sparse_config(), sparse_config()
+    fill_defaults(a, schema)
+    fill_defaults(b, schema)
+    assert schema == SCHEMA
+    a["alignment"]["ridge"] = 1.0  # configs share no default object with each other
+    assert b["alignment"]["ridge"] == 0.001
 
 
 def test_every_schema_key_is_described():

@@ -1,17 +1,24 @@
-"""Checks of a workflow config that a JSON schema cannot express.
+"""Validation of a workflow config: the schema, its defaults, and what a schema cannot express.
 
-The schema (``workflow/schemas/config.schema.yaml``) checks types, ranges and
-keys; :func:`check_config` checks meaning: known sources and families, offline
-images, transforms that are invertible, and canvases large enough to hold the
-windowed content under every transform. Every problem is one sentence that
-names the config key, the bad value and what to write instead; the workflow
-stops on them before any job runs.
+:func:`validate_config` is what the workflow runs on its config before any job, in
+this order: :func:`check_schema` (types, ranges and keys of
+``workflow/schemas/config.schema.yaml``, as one sentence), :func:`fill_defaults`
+(the schema's defaults, as ``snakemake.utils.validate(..., set_default=True)``
+fills them in), :func:`check_config` (meaning: known sources and families,
+offline images, transforms that are invertible, and canvases large enough to
+hold the windowed content under every transform) and :func:`check_networks`
+(every configured network resolves to a plugin that takes its options). Every
+problem is one sentence that names the config key, the bad value and what to
+write instead.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,11 +27,17 @@ from featalign import geometry
 
 __all__ = [
     "ConfigError",
-    "canonical",
-    "check_schema",
     "SOURCES",
+    "canonical",
     "check_config",
+    "check_networks",
+    "check_schema",
     "dataset_transforms",
+    "fill_defaults",
+    "load_schema",
+    "network_datasets",
+    "network_options",
+    "validate_config",
 ]
 
 #: Keys of ``networks.<name>`` that featalign reads itself; the rest go to ``build()``.
@@ -55,17 +68,71 @@ def canonical(section: Any) -> Any:
     return section
 
 
+def load_schema(schema: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
+    """The config schema: a mapping as given (copied), or read from a YAML/JSON file."""
+    if isinstance(schema, Mapping):
+        return copy.deepcopy(dict(schema))
+    import yaml
+
+    return yaml.safe_load(Path(schema).read_text(encoding="utf-8"))
+
+
 def check_schema(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` on the most relevant schema violation, as one sentence.
 
-    ``snakemake.utils.validate`` also checks the schema (and fills in defaults),
-    but its message prints the whole schema; this one names the key, the bad
-    value and the key's description.
+    The message names the key, the bad value and the key's description (a
+    jsonschema error, or snakemake's, would print the whole schema).
     """
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(dict(config)))
+    _raise_first(jsonschema.Draft202012Validator(schema).iter_errors(dict(config)))
+
+
+def fill_defaults(config: MutableMapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Validate ``config`` against ``schema`` and fill in the schema's defaults, in place.
+
+    The same walk as ``snakemake.utils.validate(config, schema, set_default=True)``
+    (the jsonschema FAQ's default-setting validator, Draft 2020-12): wherever the
+    schema lists ``properties``, each missing key with a ``default`` gets a copy of
+    it, in the schema's order, before the properties are validated, so that the
+    defaults of a defaulted mapping are filled in too.
+
+    Args:
+        config: the config, already through :func:`check_schema`.
+        schema: the config schema.
+
+    Raises:
+        ConfigError: on a schema violation (one sentence), as :func:`check_schema`.
+
+    Example:
+        >>> schema = {"type": "object", "properties": {"a": {"type": "object", "default": {},
+        ...     "properties": {"b": {"type": "integer", "default": 1}}}}}
+        >>> config = {}
+        >>> fill_defaults(config, schema)
+        >>> config
+        {'a': {'b': 1}}
+    """
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, subschema):  # noqa: ANN001
+        if validator.is_type(instance, "object"):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, subschema)
+
+    filling = jsonschema.validators.extend(base, {"properties": properties_with_defaults})
+    _raise_first(filling(schema).iter_errors(config))
+
+
+def _raise_first(errors: Iterator[Any]) -> None:
+    """Raise the most relevant of jsonschema ``errors`` as a one-sentence ConfigError."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(errors)
     if error is None:
         return
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -269,3 +336,30 @@ def check_networks(config: Mapping[str, Any]) -> dict[str, Any]:
                 f"file there (featalign downloads nothing) or remove the option"
             )
     return specs
+
+
+def validate_config(
+    config: MutableMapping[str, Any], schema: Mapping[str, Any] | str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Validate a workflow config as the workflow does before any job, filling in defaults.
+
+    In order: :func:`check_schema`, :func:`fill_defaults` (in place),
+    :func:`check_config`, :func:`check_networks`. ``workflow/rules/common.smk``
+    calls this (through :func:`featalign.plan.load_plan`), and so do the tests.
+
+    Args:
+        config: the config as loaded from YAML; defaults are written into it.
+        schema: the config schema, or the path of its YAML file.
+
+    Returns:
+        {name: NetworkSpec} for every configured network, in config order.
+
+    Raises:
+        ConfigError: the first problem, one sentence naming the key and the fix.
+        featalign.plugins.PluginError: a plugin that fails to load (names the file).
+    """
+    schema = load_schema(schema)
+    check_schema(config, schema)
+    fill_defaults(config, schema)
+    check_config(config)
+    return check_networks(config)
