@@ -4,7 +4,7 @@
 
 rule align:
     input:
-        features="results/features/{dataset}/{network}.nc",
+        features=rules.features.output[0],
     output:
         "results/alignment/{dataset}/{network}/{layer}.nc",
     log:

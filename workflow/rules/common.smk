@@ -1,30 +1,16 @@
-# Config validation and helper functions shared by the rules.
+# Validation, wildcard constraints, and the input functions and params of the rules.
+# The run's policy (which jobs exist, what each one reads) is featalign.plan's, unit-
+# tested there; output paths are the rules' own patterns, expanded here.
 import sys
 
-import yaml
-from snakemake.utils import validate
-
-from featalign.config import (
-    ConfigError,
-    canonical,
-    check_config,
-    check_networks,
-    check_schema,
-    dataset_transforms,
-    network_datasets,
-    network_options,
-)
+from featalign.config import ConfigError
+from featalign.plan import load_plan
 from featalign.plugins import PluginError
 from featalign.provenance import code_digest
 
-SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
-
 try:
-    with open(SCHEMA) as fh:
-        check_schema(config, yaml.safe_load(fh))
-    validate(config, schema=SCHEMA, set_default=True)
-    check_config(config)
-    NETWORKS = check_networks(config)
+    # check_schema -> schema defaults -> check_config -> check_networks -> the plan
+    PLAN = load_plan(config, workflow.source_path("../schemas/config.schema.yaml"))
 except (ConfigError, PluginError) as err:
     # a user error: one sentence, no traceback, before any job runs
     sys.stderr.write(f"featalign: config error: {err}\n")
@@ -37,7 +23,19 @@ wildcard_constraints:
     layer="[A-Za-z0-9_.]+",
 
 
-DATASETS = list(config["datasets"])
+DATASETS = list(PLAN.datasets)
+PLUGIN_DIRS = list(PLAN.plugin_dirs)
+
+
+def outputs(rule, combinations=({},)):
+    """Every output of ``rule`` (its patterns expanded) for each wildcard combination."""
+    return [f for w in combinations for f in expand(list(rule.output), **w)]
+
+
+def output(rule, **wildcards):
+    """The one output file of ``rule`` for these wildcards."""
+    (path,) = outputs(rule, [wildcards])
+    return path
 
 
 def code(script):
@@ -54,137 +52,97 @@ def network_code(script):
 
 def dataset_params(wildcards):
     """The config that determines one dataset file (a change reruns that dataset only)."""
-    return canonical(
-        {
-            "dataset": config["datasets"][wildcards.dataset],
-            "transforms": dataset_transforms(config, wildcards.dataset),
-            "affine_draws": config["affine_draws"],
-        }
-    )
-
-
-PLUGIN_DIRS = [str(d) for d in config["plugin_dirs"]]
-
-
-def pairs():
-    """(dataset, network) pairs of the run: every network on its datasets."""
-    return [(d, n) for n in NETWORKS for d in network_datasets(config, n)]
+    return PLAN.dataset_params[wildcards.dataset]
 
 
 def plugin_file(wildcards):
     """The plugin's source file: editing it reruns exactly that network's jobs."""
-    return str(NETWORKS[wildcards.network].source)
+    return str(PLAN.networks[wildcards.network].source)
 
 
 def network_params(wildcards):
-    return canonical(network_options(config, wildcards.network))
+    return PLAN.network_params[wildcards.network]
 
 
 def features_inputs(wildcards):
     inputs = {
-        "dataset": f"results/datasets/{wildcards.dataset}.nc",
+        "dataset": output(rules.dataset, dataset=wildcards.dataset),
         "plugin": plugin_file(wildcards),
     }
-    options = network_options(config, wildcards.network)
-    if NETWORKS[wildcards.network].train is not None and "weights" not in options:
-        inputs["weights"] = f"results/weights/{wildcards.network}.pt"
-    elif "weights" in options:
-        inputs["weights"] = options["weights"]
+    if wildcards.network in PLAN.reads_trained_weights:
+        inputs["weights"] = output(rules.train, network=wildcards.network)
+    elif wildcards.network in PLAN.weight_files:
+        inputs["weights"] = PLAN.weight_files[wildcards.network]
     return inputs
 
 
 def alignment_files():
     """Every alignment file of the run: one per dataset x network x layer."""
-    return [
-        f"results/alignment/{d}/{n}/{layer}.nc"
-        for d, n in pairs()
-        for layer in NETWORKS[n].layers
-    ]
+    return outputs(
+        rules.align,
+        [dict(dataset=d, network=n, layer=layer) for d, n, layer in PLAN.alignments],
+    )
 
 
 def pair_alignment_files(wildcards):
     """The alignment files of one dataset x network: a figure of that pair reads only these."""
-    return [
-        f"results/alignment/{wildcards.dataset}/{wildcards.network}/{layer}.nc"
-        for layer in NETWORKS[wildcards.network].layers
-    ]
+    return outputs(
+        rules.align,
+        [
+            dict(dataset=wildcards.dataset, network=wildcards.network, layer=layer)
+            for layer in PLAN.layers[wildcards.network]
+        ],
+    )
 
 
 def alignment_params(wildcards):
-    return canonical(
-        {
-            "alignment": config["alignment"],
-            "region": config["region"],
-            "seed": config["seed"],
-        }
-    )
+    return dict(PLAN.alignment_params)
 
 
 def invariances():
     """network -> declared invariant_to: the theory's predictions."""
-    return {n: list(spec.invariant_to) for n, spec in NETWORKS.items()}
+    return {n: list(inv) for n, inv in PLAN.invariances.items()}
 
 
 def example_networks():
-    """A generic network and an invariant counterpart for the example panel, with a layer each."""
-    chosen = config["figures"].get("example_networks") or []
-    if not chosen:
-        generic = [n for n, s in NETWORKS.items() if not s.invariant_to]
-        # the invariant counterpart: rotation-invariant, and as specific as possible
-        # (pointwise networks are invariant to everything and show nothing)
-        invariant = sorted(
-            (
-                n
-                for n, s in NETWORKS.items()
-                if {"rotation", "rotation90"} & set(s.invariant_to)
-            ),
-            key=lambda n: len(NETWORKS[n].invariant_to),
-        )
-        chosen = (generic[:1] + invariant[:1]) or list(NETWORKS)[:1]
-    return {n: NETWORKS[n].layers[len(NETWORKS[n].layers) // 2] for n in chosen}
+    """The example panel's networks, each with the layer it shows."""
+    return dict(PLAN.example_networks)
 
 
 def example_inputs(wildcards):
-    nets = [
-        n
-        for n in example_networks()
-        if wildcards.dataset in network_datasets(config, n)
-    ]
-    layer = example_networks()
+    d = wildcards.dataset
+    nets = PLAN.examples_on(d)
     return {
-        "dataset": f"results/datasets/{wildcards.dataset}.nc",
-        "features": [f"results/features/{wildcards.dataset}/{n}.nc" for n in nets],
-        "alignment": [
-            f"results/alignment/{wildcards.dataset}/{n}/{layer[n]}.nc" for n in nets
-        ],
+        "dataset": output(rules.dataset, dataset=d),
+        "features": outputs(rules.features, [dict(dataset=d, network=n) for n in nets]),
+        "alignment": outputs(
+            rules.align,
+            [dict(dataset=d, network=n, layer=PLAN.example_networks[n]) for n in nets],
+        ),
     }
 
 
-def trained_networks():
-    return [n for n, s in NETWORKS.items() if s.train is not None]
-
-
 def figure_files():
-    out = []
-    for kind in ("verdict_grid", "affine_vs_oracle"):
-        out += [f"results/figures/{kind}.{ext}" for ext in ("png", "pdf")]
-    for d in DATASETS:
-        if not any(d in network_datasets(config, n) for n in NETWORKS):
-            continue
-        for kind in ("excess_vs_depth", "example_panel"):
-            out += [f"results/figures/{d}/{kind}.{ext}" for ext in ("png", "pdf")]
-    for d, n in pairs():
-        out += [
-            f"results/figures/{d}/{n}/error_vs_magnitude.{e}" for e in ("png", "pdf")
-        ]
-    for n in trained_networks():
-        out += [f"results/figures/training/{n}.{e}" for e in ("png", "pdf")]
-    return out
+    """Every figure of the run: the run's own, those of each dataset a network runs on,
+    of each (dataset, network) pair, and of each trained network."""
+    per_dataset = (rules.figure_excess_vs_depth, rules.figure_example_panel)
+    return [
+        *outputs(rules.figure_verdict_grid),
+        *outputs(rules.figure_affine_vs_oracle),
+        *(
+            f
+            for d in PLAN.figure_datasets
+            for figure in per_dataset
+            for f in outputs(figure, [dict(dataset=d)])
+        ),
+        *outputs(
+            rules.figure_error_vs_magnitude,
+            [dict(dataset=d, network=n) for d, n in PLAN.pairs],
+        ),
+        *outputs(rules.figure_training_curve, [dict(network=n) for n in PLAN.trained]),
+    ]
 
 
 def all_outputs():
-    return [
-        "results/tables/errors.csv",
-        "results/tables/claims.csv",
-        "results/tables/claims_summary.md",
-    ] + figure_files()
+    """The default target: the tables and every figure."""
+    return outputs(rules.summarize) + figure_files()
