@@ -28,6 +28,11 @@ def _mixing_from_points(
     itself). Leave-one-out rather than two folds: with few samples a fixed split
     can put all of one kind of image (say the grey photographs) on one side, and a
     map fitted there cannot speak for the rest.
+
+    The map is a correction of the identity: the ridge penalty is ‖M − I‖², not
+    ‖M‖², so an underdetermined fit (a wide layer, few pixels) falls back on the
+    oracle warp instead of on zero, and where the oracle is exact the fit is I
+    exactly (the data and the prior agree), so ``mixing`` cannot lose to it.
     """
     s_count, t_count, c, n = aligned.shape
     out = torch.full((s_count, t_count), float("nan"), dtype=torch.float64)
@@ -41,11 +46,14 @@ def _mixing_from_points(
     a_all, b_all = xtx.sum(0), xty.sum(0)
     eye = torch.eye(c + 1, dtype=torch.float64)
     eye[-1, -1] = 0.0  # the bias is not penalised
+    prior = eye[:, :c]  # (C+1, C): the identity map, no bias
     for held in range(s_count):
         a = a_all - xtx[held]  # (T, C+1, C+1): every sample but the held-out one
         b = b_all - xty[held]
         scale = torch.diagonal(a[:, :-1, :-1], dim1=1, dim2=2).mean(-1).clamp_min(_TINY)
-        mixing = torch.linalg.solve(a + ridge * scale[:, None, None] * eye, b)  # (T, C+1, C)
+        penalty = ridge * scale[:, None, None]
+        # argmin ||X M - Y||^2 + penalty ||M - I||^2 (bias free): (A + pE) M = B + pE I
+        mixing = torch.linalg.solve(a + penalty * eye, b + penalty * prior)  # (T, C+1, C)
         pred = torch.einsum("tin,tij->tjn", x[held], mixing)
         out[held] = _sum_sq(pred - y[held][None]) / denom[held]
     return out
@@ -58,8 +66,9 @@ def mixing_error(
 
     Leave-one-out: each sample is scored by a map fitted on the pixels in R of all
     the other samples, so every sample gets a held-out score and none is scored by
-    a map fitted on itself. The ridge penalty is
-    ``ridge`` × the mean diagonal of XᵀX (scale-free), the bias unpenalised.
+    a map fitted on itself. The map is shrunk towards the identity (not towards
+    zero) with penalty ``ridge`` × the mean diagonal of XᵀX (scale-free), the
+    bias unpenalised.
 
     Args:
         aligned: maps after the oracle warp, shape (S, T, C, h, w).
