@@ -142,3 +142,66 @@ def test_timeout_fails_a_slow_network(dataset, tmp_path):
     # without a limit the same network completes
     tree = extract_features(dataset.isel(sample=[0], transform=[0]), spec, {}, progress=False)
     assert "out" in tree.children
+
+
+class TestDenseEvaluation:
+    """Strided layers are also stored densely (shift-and-stitch, featalign.stitch)."""
+
+    def test_strided_layers_only(self, tree):
+        assert not any(str(v).startswith("dense_") for v in tree["conv"].to_dataset().variables)
+        pool = tree["pool"].to_dataset()
+        assert pool.dense_original.dims == ("sample", "channel", "dense_y", "dense_x")
+        assert pool.dense_transformed.dims == ("sample", "transform", "channel", "dense_y",
+                                               "dense_x")
+        assert pool.dense_realigned.shape == (2, 3, 3, 32, 32)
+        assert {pool[f"dense_{v}"].dtype for v in ("original", "transformed", "realigned")} == {
+            np.dtype(np.float32)
+        }
+        assert pool.attrs["dense_stride"] == 1 and pool.attrs["dense_phases"] == 4
+        # stride 1, the layer's measured offset 0.5: pixel j at 0.5 + j - 15.5
+        np.testing.assert_allclose(pool.dense_x.values, 0.5 + np.arange(32) - 15.5)
+        np.testing.assert_allclose(pool.dense_y.values[::2], pool.y.values)
+
+    def test_phase_zero_is_the_as_built_map(self, tree):
+        pool = tree["pool"].to_dataset()
+        for v in ("original", "transformed", "realigned"):
+            np.testing.assert_array_equal(pool[f"dense_{v}"].values[..., ::2, ::2],
+                                          pool[v].values)
+
+    def test_off_keeps_the_as_built_maps_bit_for_bit(self, dataset, tiny, tree, tmp_path):
+        off = extract_features(dataset, tiny, {"width": 3}, dense=False, progress=False)
+        for layer in ("conv", "pool"):
+            group = off[layer].to_dataset()
+            assert not any(str(v).startswith("dense_") for v in group.variables)
+            for v in ("original", "transformed", "realigned"):
+                np.testing.assert_array_equal(group[v].values, tree[layer][v].values)
+        assert off.attrs["dense_evaluation"] == 0 and tree.attrs["dense_evaluation"] == 1
+        path = write_netcdf(tree, tmp_path / "dense.nc")
+        with xr.open_dataset(path, group="pool") as pool:
+            np.testing.assert_array_equal(pool.dense_original.values,
+                                          tree["pool"].dense_original.values)
+
+    def test_one_pixel_shift_shifts_the_dense_maps(self):
+        """Dense maps commute with a one-pixel shift, at strides 2 and 4 (vgg_random)."""
+        base = build_dataset(
+            DatasetSpec(name="shift", source="textures", samples=1, size=32, channels=3,
+                        window_radius=0.5),
+            {"rotation": [90]},
+        )
+        moved = base.copy()
+        for v in ("image", "transformed", "realigned"):  # content windowed: zeros come in
+            moved[v] = base[v].roll(y=1, x=1, roll_coords=False)
+        net = get_network("vgg_random")
+        a = extract_features(base, net, {"width": 4}, progress=False)
+        b = extract_features(moved, net, {"width": 4}, progress=False)
+        for layer, stride in (("block2", 2), ("block3", 4)):
+            assert a[layer].attrs["stride"] == stride
+            for v in ("dense_original", "dense_transformed", "dense_realigned"):
+                got = b[layer][v].values[..., 1:, 1:]
+                want = a[layer][v].values[..., :-1, :-1]
+                scale = np.abs(want).max()
+                assert scale > 0
+                np.testing.assert_allclose(got, want, atol=1e-5 * scale, rtol=0)
+            # the as-built map cannot follow a sub-stride shift: it samples other positions
+            built_a, built_b = a[layer].original.values, b[layer].original.values
+            assert np.abs(built_b[..., 1:, 1:] - built_a[..., :-1, :-1]).max() > 1e-3 * scale

@@ -22,6 +22,27 @@ the largest receptive field (a multiple of every stride, at most ``max_pad``)
 and the feature maps are cropped back to the canvas's lattice. Translations by
 stride multiples then commute with the network exactly, as the theory assumes.
 
+**Dense evaluation.** A layer of stride s > 1 is covariant only to shifts by
+multiples of s, while the theorem is about translation-covariant extractors.
+Unless ``dense`` is off (the config's ``features.dense``), every strided layer is
+also evaluated densely by shift-and-stitch (:mod:`featalign.stitch`): one more
+forward pass per phase (dy, dx) ∈ {0, …, s − 1}² (the union over the layers is
+{0, …, max s − 1}²; phase (0, 0) is the as-built pass, reused), the content
+moved through the padding (:func:`featalign.stitch.phase_padding`), the same
+crops, the outputs interleaved. Its group then also holds
+
+* ``dense_original(sample, channel, dense_y, dense_x)``,
+  ``dense_transformed(sample, transform, channel, dense_y, dense_x)`` and
+  ``dense_realigned(sample, transform, channel, dense_y, dense_x)``: the same
+  three maps on the stride-1 lattice, ``dense[..., ::s, ::s]`` the as-built map
+  bit for bit;
+* ``dense_y``/``dense_x`` = offset + j − (n − 1)/2 (the layer's measured offset,
+  stride 1) and the attribute ``dense_stride = 1``.
+
+Layers of stride 1 get no dense variables: they are dense already. The as-built
+variables do not depend on ``dense``. Cost: s² forward passes of the largest
+stride, and s² times the pixels of each strided layer (one stride-1 map each).
+
 Feature maps are float32, zlib-compressed; each layer is its own netCDF group,
 so one layer reads without the rest.
 """
@@ -34,7 +55,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +70,7 @@ from featalign.io import file_sha256, make_attrs
 from featalign.lattice import probe_grid
 from featalign.plugins import NetworkSpec, PluginError
 from featalign.runtime import BatchSizer, is_out_of_memory
+from featalign.stitch import dense_phases, phase_padding, shift_and_stitch
 
 __all__ = ["FeatureError", "convert_channels", "extract_features", "layer_grid", "padding_for"]
 
@@ -129,28 +151,36 @@ def _forward_all(
     images: torch.Tensor,
     crops: Mapping[str, tuple[int, int, int]],
     *,
-    pad: int,
+    pad: int | Sequence[int],
     device: torch.device,
     batch_size: int,
-    progress: bool,
-    label: str,
+    progress: bool = True,
+    label: str = "",
+    bar: tqdm | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``images`` (N, C, H, W), zero-padded by ``pad``, through the extractor in batches.
 
-    ``crops[layer] = (first, height, width)`` crops each padded layer back to the
-    canvas's lattice. Returns float32 numpy arrays per layer.
+    ``pad`` is one width for every side or the (left, right, top, bottom) widths of
+    ``torch.nn.functional.pad`` (:func:`featalign.stitch.phase_padding` moves the
+    content this way). ``crops[layer] = (first, height, width)`` crops each padded
+    layer back to the canvas's lattice. Returns float32 numpy arrays per layer.
+    ``bar``, if given, is advanced by the images done (one bar over several calls);
+    otherwise a bar of its own is shown if ``progress``.
     """
+    widths = (pad,) * 4 if isinstance(pad, int) else tuple(int(p) for p in pad)
     out: dict[str, np.ndarray] = {}
     n = images.shape[0]
     sizer = BatchSizer(device, batch_size, limit=n)
-    bar = tqdm(total=n, desc=label, unit="img", disable=not progress, mininterval=1.0)
+    own_bar = bar is None
+    if bar is None:
+        bar = tqdm(total=n, desc=label, unit="img", disable=not progress, mininterval=1.0)
     start = 0
     with torch.inference_mode():
         while start < n:
             size = sizer.size
             batch = images[start : start + size].to(device)
-            if pad:
-                batch = torch.nn.functional.pad(batch, (pad, pad, pad, pad))
+            if any(widths):
+                batch = torch.nn.functional.pad(batch, widths)
             try:
                 with sizer.measure(batch.shape[0]):
                     feats = extractor(batch)
@@ -168,8 +198,68 @@ def _forward_all(
             del feats
             start += batch.shape[0]
             bar.update(batch.shape[0])
-    bar.close()
+    if own_bar:
+        bar.close()
     return out
+
+
+def _feature_variables(
+    layer: str,
+    f: np.ndarray,
+    samples: int,
+    transforms: int,
+    spatial: tuple[str, str],
+    prefix: str = "",
+) -> dict[str, tuple]:
+    """``original``, ``transformed`` and ``realigned`` (with ``prefix``) from the stacked maps.
+
+    ``f`` is (S + 2·S·T, C, h, w): the originals, then the transformed and the
+    realigned images, sample-major (the order of the stack that was run).
+    """
+    s, t = samples, transforms
+    c, hl, wl = f.shape[1:]
+    dense = " (dense, shift-and-stitch)" if prefix else ""
+    return {
+        f"{prefix}original": (("sample", "channel", *spatial), f[:s],
+                              {"long_name": f"{layer} features of f{dense}", "units": "1"}),
+        f"{prefix}transformed": (("sample", "transform", "channel", *spatial),
+                                 f[s : s + s * t].reshape(s, t, c, hl, wl),
+                                 {"long_name": f"{layer} features of T_g f{dense}", "units": "1"}),
+        f"{prefix}realigned": (("sample", "transform", "channel", *spatial),
+                               f[s + s * t :].reshape(s, t, c, hl, wl),
+                               {"long_name": f"{layer} features of T_g^-1 T_g f{dense}",
+                                "units": "1"}),
+    }
+
+
+def _dense_features(
+    extractor: torch.nn.Module,
+    images: torch.Tensor,
+    crops: Mapping[str, tuple[int, int, int]],
+    strides: Mapping[str, int],
+    as_built: Mapping[str, np.ndarray],
+    *,
+    pad: int,
+    device: torch.device,
+    batch_size: int,
+    bar: tqdm,
+) -> dict[str, np.ndarray]:
+    """Shift-and-stitch maps of the layers of stride > 1 (:func:`featalign.stitch.shift_and_stitch`).
+
+    Phase (0, 0) is the as-built pass (``as_built``, not run again); every other
+    phase runs ``images`` padded by :func:`featalign.stitch.phase_padding` and
+    keeps the layers whose stride exceeds it.
+    """
+    strided = {layer: int(s) for layer, s in strides.items() if int(s) > 1}
+
+    def forward(phase: tuple[int, int]) -> dict[str, np.ndarray]:
+        if phase == (0, 0):
+            return {layer: as_built[layer] for layer in strided}
+        needed = {k: v for k, v in crops.items() if k in strided and max(phase) < strided[k]}
+        return _forward_all(extractor, images, needed, pad=phase_padding(pad, *phase),
+                            device=device, batch_size=batch_size, bar=bar)
+
+    return shift_and_stitch(forward, strided)
 
 
 def extract_features(
@@ -180,6 +270,7 @@ def extract_features(
     device: torch.device | str = "cpu",
     batch_size: int = 8,
     max_pad: int = 96,
+    dense: bool = True,
     timeout: float = 0.0,
     progress: bool = True,
     config: Any = None,
@@ -196,6 +287,8 @@ def extract_features(
             next ones are sized to the GPU's free memory, see
             :class:`featalign.runtime.BatchSizer`; halved on out-of-memory).
         max_pad: the largest zero padding (pixels per side) against border effects.
+        dense: also evaluate every layer of stride > 1 densely (shift-and-stitch, the
+            ``dense_*`` variables of the module docstring); off, only the as-built maps.
         timeout: seconds the network may take to build and run (0: no limit); a
             network that takes longer fails its own job with a PluginError.
         progress: show a progress bar (on stderr, i.e. the job's log).
@@ -211,7 +304,8 @@ def extract_features(
     """
     with _time_limit(timeout, spec, str(dataset.attrs.get("dataset", "dataset"))):
         return _extract(dataset, spec, options, device=device, batch_size=batch_size,
-                        max_pad=max_pad, progress=progress, config=config, rule=rule)
+                        max_pad=max_pad, dense=dense, progress=progress, config=config,
+                        rule=rule)
 
 
 @contextlib.contextmanager
@@ -245,6 +339,7 @@ def _extract(
     device: torch.device | str,
     batch_size: int,
     max_pad: int,
+    dense: bool,
     progress: bool,
     config: Any,
     rule: str,
@@ -289,43 +384,70 @@ def _extract(
     crops = {
         layer: (pad // int(p.stride), p.height, p.width) for layer, p in probes.items()
     }
-    feats = _forward_all(
-        extractor, stack, crops, pad=pad, device=device, batch_size=batch_size,
-        progress=progress, label=f"{spec.name} on {name}",
-    )
+    strides = {layer: int(p.stride) for layer, p in probes.items()}
+    phases = dense_phases(strides) if dense else []
+    n_images = stack.shape[0]
+    bar = tqdm(total=n_images * max(1, len(phases)), desc=f"{spec.name} on {name}",
+               unit="img", disable=not progress, mininterval=1.0)
+    try:
+        feats = _forward_all(extractor, stack, crops, pad=pad, device=device,
+                             batch_size=batch_size, bar=bar)
+        dense_feats: dict[str, np.ndarray] = {}
+        if phases:
+            extra = sum(f.size * (strides[k] ** 2 - 1) for k, f in feats.items())
+            log.info(
+                "dense evaluation (shift-and-stitch) of %s: %d phases, %d more forward passes "
+                "of %d images, %d more feature values (%.0f MiB as float32)",
+                ", ".join(f"{k} (stride {v})" for k, v in strides.items() if v > 1),
+                len(phases), len(phases) - 1, n_images, extra, extra * 4 / 2**20,
+            )
+            dense_feats = _dense_features(extractor, stack, crops, strides, feats, pad=pad,
+                                          device=device, batch_size=batch_size, bar=bar)
+    finally:
+        bar.close()
+    if dense and not phases:
+        log.info("every layer has stride 1: the as-built maps are dense already")
 
     transform_coords = {k: dataset.coords[k] for k in ("family", "magnitude", "matrix", "row", "col")}
     groups: dict[str, xr.Dataset] = {}
     for depth, layer in enumerate(spec.layers):
         f = feats[layer]
-        if not np.isfinite(f).all():
-            bad = int((~np.isfinite(f)).sum())
-            raise PluginError(
-                f"{spec.display_source}: layer '{layer}' of network '{spec.name}' produced "
-                f"{bad} non-finite values on dataset '{name}'; make the network's outputs finite"
-            )
+        for what, values in (("", f), (" (dense)", dense_feats.get(layer))):
+            if values is not None and not np.isfinite(values).all():
+                bad = int((~np.isfinite(values)).sum())
+                raise PluginError(
+                    f"{spec.display_source}: layer '{layer}' of network '{spec.name}' produced "
+                    f"{bad} non-finite values{what} on dataset '{name}'; make the network's "
+                    "outputs finite"
+                )
         p = probes[layer]
         c, hl, wl = f.shape[1:]
         ys = p.offset_y + p.stride * np.arange(hl) - (h - 1) / 2
         xs = p.offset_x + p.stride * np.arange(wl) - (w - 1) / 2
-        dims4 = ("sample", "channel", "y", "x")
-        dims5 = ("sample", "transform", "channel", "y", "x")
+        variables = _feature_variables(layer, f, s, t, ("y", "x"))
+        coords = {
+            "sample": dataset.sample.values,
+            "transform": dataset.transform.values,
+            "channel": np.arange(c),
+            "y": ("y", ys, {"long_name": "y (down), centred", "units": "pixel"}),
+            "x": ("x", xs, {"long_name": "x (right), centred", "units": "pixel"}),
+            **transform_coords,
+        }
+        extra_attrs: dict[str, Any] = {}
+        if layer in dense_feats:
+            d = dense_feats[layer]
+            variables.update(_feature_variables(layer, d, s, t, ("dense_y", "dense_x"),
+                                                prefix="dense_"))
+            dy = p.offset_y + np.arange(d.shape[-2]) - (h - 1) / 2
+            dx = p.offset_x + np.arange(d.shape[-1]) - (w - 1) / 2
+            coords["dense_y"] = ("dense_y", dy, {"long_name": "y (down), centred, dense lattice",
+                                                 "units": "pixel"})
+            coords["dense_x"] = ("dense_x", dx, {"long_name": "x (right), centred, dense lattice",
+                                                 "units": "pixel"})
+            extra_attrs = {"dense_stride": 1, "dense_phases": int(p.stride) ** 2}
         groups[f"/{layer}"] = xr.Dataset(
-            {
-                "original": (dims4, f[:s], {"long_name": f"{layer} features of f", "units": "1"}),
-                "transformed": (dims5, f[s : s + s * t].reshape(s, t, c, hl, wl),
-                                {"long_name": f"{layer} features of T_g f", "units": "1"}),
-                "realigned": (dims5, f[s + s * t :].reshape(s, t, c, hl, wl),
-                              {"long_name": f"{layer} features of T_g^-1 T_g f", "units": "1"}),
-            },
-            coords={
-                "sample": dataset.sample.values,
-                "transform": dataset.transform.values,
-                "channel": np.arange(c),
-                "y": ("y", ys, {"long_name": "y (down), centred", "units": "pixel"}),
-                "x": ("x", xs, {"long_name": "x (right), centred", "units": "pixel"}),
-                **transform_coords,
-            },
+            variables,
+            coords=coords,
             attrs={
                 "source": f"featalign {__version__}",
                 "layer": layer,
@@ -339,6 +461,7 @@ def _extract(
                 "receptive_field_radius": p.radius,
                 "padding": pad,
                 "layer_node": (spec.nodes or {}).get(layer, layer),
+                **extra_attrs,
             },
         )
     root = xr.Dataset(
@@ -357,6 +480,7 @@ def _extract(
             dataset_config_sha256=str(dataset.attrs.get("config_sha256", "")),
             weights=str(options.get("weights", "")),
             weights_sha256=file_sha256(options["weights"]) if options.get("weights") else "",
+            dense_evaluation=int(bool(phases)),
             compute_seconds=time.perf_counter() - started,
         )
     )

@@ -21,6 +21,7 @@ rule features:
         device=config["device"],
         batch_size=config["features"]["batch_size"],
         max_pad=config["features"]["max_pad"],
+        dense=config["features"]["dense"],
         timeout=config["features"]["timeout"],
     script:
         "../scripts/features.py"

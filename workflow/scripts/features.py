@@ -23,8 +23,13 @@ tree = extract_features(
     device=resolve_device(p.device),
     batch_size=p.batch_size,
     max_pad=p.max_pad,
+    dense=p.dense,
     timeout=p.timeout,
-    config={"network": p.options, "dataset_config_sha256": dataset.attrs["config_sha256"]},
+    config={
+        "network": p.options,
+        "dense": p.dense,
+        "dataset_config_sha256": dataset.attrs["config_sha256"],
+    },
     rule="features",
 )
 write_netcdf(tree, snakemake.output[0])  # noqa: F821
