@@ -49,7 +49,8 @@ def plot_example_panel(
 
     Columns: f, T_g f, then one channel of Γ(f), Γ(T_g f), the oracle warp
     T_g⁻¹ Γ(T_g f), the fitted affine warp (from the alignment file's
-    ``affine_matrix``) and the input-aligned Γ(T_g⁻¹ T_g f); each feature panel's
+    ``affine_matrix``, its ``as_built`` evaluation: the panel shows the maps the
+    network really produces) and the input-aligned Γ(T_g⁻¹ T_g f); each feature panel's
     title gives its relative error against Γ(f) (:func:`example_panels`). The five
     feature maps of a row share one colour scale.
 
@@ -103,12 +104,16 @@ def plot_example_panel(
         radius = region_radius
         if net in alignment_paths:
             with xr.open_dataset(alignment_paths[net]) as al:
-                affine_matrix = al["affine_matrix"].isel(sample=sample, transform=t).values
+                fitted = al["affine_matrix"]
+                if "evaluation" in fitted.dims:  # the panel shows the real (as-built) maps
+                    fitted = fitted.sel(evaluation="as_built")
+                affine_matrix = fitted.isel(sample=sample, transform=t).values
                 if radius is None and "region_radius" in al.attrs:
                     radius = float(al.attrs["region_radius"])
         tree = xr.open_datatree(features_paths[net])
-        try:
-            node = tree[layer[net]].to_dataset().load()
+        try:  # the as-built maps only: the dense ones (s² times larger) are not shown
+            node = tree[layer[net]].to_dataset()
+            node = node.drop_dims(["dense_y", "dense_x"], errors="ignore").load()
         finally:
             tree.close()
         panels = example_panels(
