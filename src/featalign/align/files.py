@@ -1,20 +1,36 @@
 """The ``align`` stage's file in and file out: one layer of a features file -> an alignment Dataset.
 
-An alignment file (``results/alignment/{dataset}/{network}/{layer}.nc``) holds,
-per (sample, transform):
+Every layer is measured in two **evaluations** (dimension ``evaluation`` =
+``as_built``, ``dense``): *as built*, the maps the network really produces, on
+the layer's own lattice of stride s; *dense*, the layer evaluated by
+shift-and-stitch (the features file's ``dense_*`` variables, :mod:`featalign.stitch`)
+on the stride-1 lattice with the same offset. Dense maps are covariant to every
+one-pixel shift, the premise of the theorem; as-built maps show what a spatial
+transformer on the real network faces, aliasing included. Where the features
+file has no dense maps (a layer of stride 1, which is dense already, or
+``features.dense`` off) the dense evaluation *is* the as-built one: its results
+are the as-built results, reused, not recomputed.
 
-* ``error(sample, transform, measure)``: the error of each measure
+An alignment file (``results/alignment/{dataset}/{network}/{layer}.nc``) holds,
+per (evaluation, sample, transform):
+
+* ``error(evaluation, sample, transform, measure)``: the error of each measure
   (:data:`featalign.align.measures.MEASURES`, normalised as
   :data:`featalign.align.measures.NORMALISATION`);
-* ``affine_matrix(sample, transform, row, col)``: the best affine warp found
-  (``tgt_from_src`` in centred image pixels, applied to Γ(T_g f));
+* ``affine_matrix(evaluation, sample, transform, row, col)``: the best affine
+  warp found (``tgt_from_src`` in centred image pixels, applied to Γ(T_g f));
 * ``affine_iterations``, ``affine_converged``, ``affine_start`` (the name of the
   start that won: ``oracle``, a grid symmetry of
   :data:`featalign.align.starts.SYMMETRY_NAMES`, or ``family<k>``);
 * ``dense_displacement_rms``: size of the dense warp's extra displacement;
+* the coordinates ``evaluation_stride(evaluation)`` (the stride of the maps
+  measured: s as built, 1 dense when computed), ``evaluation_computed(evaluation)``
+  (1: measured on its own maps; 0: the as-built results reused) and
+  ``evaluation_region_pixels(evaluation)`` (feature pixels in R);
 * the dataset's transform coordinates (``family``, ``magnitude``, ``matrix``),
 
-with the layer's ``stride``, ``depth`` and ``channels`` and provenance as
+with the layer's (as-built) ``stride``, ``depth``, ``channels``,
+``dense_evaluation`` (how the dense evaluation was obtained) and provenance as
 attributes.
 """
 
@@ -32,12 +48,20 @@ import xarray as xr
 from featalign.align.layer import ALIGNMENT_DEFAULTS, LayerAlignment, align_layer
 from featalign.align.measures import NORMALISATION, EmptyRegionError
 from featalign.features import layer_grid
+from featalign.geometry import Grid
 from featalign.io import FileError, make_attrs, open_dataset
 from featalign.runtime import retry_on_out_of_memory, working_elements
 
-__all__ = ["alignment_dataset", "layer_names"]
+__all__ = ["EVALUATIONS", "alignment_dataset", "layer_names"]
 
 log = logging.getLogger(__name__)
+
+#: The two evaluations of a layer, in the order of the ``evaluation`` dimension.
+EVALUATIONS: tuple[str, str] = ("as_built", "dense")
+
+#: The features file's variables of each evaluation: Γ(f), Γ(T_g f), Γ(T_g⁻¹ T_g f).
+_AS_BUILT = ("original", "transformed", "realigned")
+_DENSE = ("dense_original", "dense_transformed", "dense_realigned")
 
 
 def layer_names(path: str | Path) -> list[str]:
@@ -46,6 +70,58 @@ def layer_names(path: str | Path) -> list[str]:
 
     with netCDF4.Dataset(path) as nc:
         return list(nc.groups)
+
+
+def _check_maps(
+    ds: xr.Dataset,
+    names: tuple[str, str, str],
+    path: Path,
+    layer: str,
+    attrs: Mapping[str, Any],
+    rebuild: str,
+) -> None:
+    """Refuse non-finite maps and shapes that disagree (original, transformed, realigned)."""
+    for name in names:
+        if not np.isfinite(ds[name].values).all():
+            raise FileError(
+                f"features file {path}, layer {layer!r}: {name} holds NaN or Inf; "
+                f"check the network with `featalign plugins check {attrs.get('network', '')}` "
+                f"and rebuild with: {rebuild}"
+            )
+    original, transformed, realigned = (ds[name] for name in names)
+    s, c, h, w = original.shape
+    if transformed.shape != (s, ds.sizes["transform"], c, h, w) or (
+        realigned.shape != transformed.shape
+    ):
+        raise FileError(
+            f"features file {path}, layer {layer!r}: shapes disagree ({names[0]} "
+            f"{original.shape}, {names[1]} {transformed.shape}, {names[2]} "
+            f"{realigned.shape}); delete it and rebuild with: {rebuild}"
+        )
+
+
+def _dense_maps(
+    ds: xr.Dataset, path: Path, layer: str, attrs: Mapping[str, Any], rebuild: str
+) -> bool:
+    """Whether the layer group holds dense maps (checked like the as-built ones)."""
+    present = [name for name in _DENSE if name in ds]
+    if not present:
+        return False
+    stride = int(ds.attrs["stride"])
+    want = (ds.sizes["y"] * stride, ds.sizes["x"] * stride)
+    if (
+        len(present) < len(_DENSE)
+        or int(ds.attrs.get("dense_stride", 0)) != 1
+        or (ds.sizes.get("dense_y"), ds.sizes.get("dense_x")) != want
+    ):
+        raise FileError(
+            f"features file {path}, layer {layer!r}: its dense maps are incomplete (variables "
+            f"{present}, dense_stride {ds.attrs.get('dense_stride')}, "
+            f"{ds.sizes.get('dense_y')}x{ds.sizes.get('dense_x')} where {want[0]}x{want[1]} "
+            f"belongs to stride {stride}); delete it and rebuild with: {rebuild}"
+        )
+    _check_maps(ds, _DENSE, path, layer, attrs, rebuild)
+    return True
 
 
 def alignment_dataset(
@@ -118,69 +194,81 @@ def alignment_dataset(
             "channels",
         ),
     )
-    for name in ("original", "transformed", "realigned"):
-        if not np.isfinite(ds[name].values).all():
-            raise FileError(
-                f"features file {path}, layer {layer!r}: {name} holds NaN or Inf; "
-                f"check the network with `featalign plugins check {attrs.get('network', '')}` "
-                f"and rebuild with: {rebuild}"
-            )
+    _check_maps(ds, _AS_BUILT, path, layer, attrs, rebuild)
     s, c, h, w = ds.original.shape
-    if ds.transformed.shape != (s, ds.sizes["transform"], c, h, w) or (
-        ds.realigned.shape != ds.transformed.shape
-    ):
-        raise FileError(
-            f"features file {path}, layer {layer!r}: shapes disagree (original "
-            f"{ds.original.shape}, transformed {ds.transformed.shape}, realigned "
-            f"{ds.realigned.shape}); delete it and rebuild with: {rebuild}"
-        )
+    stride = int(ds.attrs["stride"])
     grid = layer_grid(ds)
     radius = region_fraction * min(grid.image_height or h, grid.image_width or w) / 2
     device = torch.device(device)
+    dense_maps = _dense_maps(ds, path, layer, attrs, rebuild)
 
-    def run(elements: int) -> LayerAlignment:
-        return align_layer(
-            torch.from_numpy(ds.original.values),
-            torch.from_numpy(ds.transformed.values),
-            torch.from_numpy(ds.realigned.values),
-            torch.from_numpy(ds.matrix.values),
-            grid,
-            region_radius=radius,
-            families=[str(f) for f in ds.family.values],
-            starts_per_family=int(opts["starts_per_family"]),
-            method=str(opts["method"]),
-            dense_grid=int(opts["dense_grid"]),
-            dense_smoothness=float(opts["dense_smoothness"]),
-            dense_steps=int(opts["dense_steps"]),
-            ridge=float(opts["ridge"]),
-            seed=seed,
-            device=device,
-            progress=progress,
-            max_batch_elements=elements,
-        )
+    def measure(names: tuple[str, str, str], on: Grid, evaluation: str) -> LayerAlignment:
+        def run(elements: int) -> LayerAlignment:
+            return align_layer(
+                *(torch.from_numpy(ds[name].values) for name in names),
+                torch.from_numpy(ds.matrix.values),
+                on,
+                region_radius=radius,
+                families=[str(f) for f in ds.family.values],
+                starts_per_family=int(opts["starts_per_family"]),
+                method=str(opts["method"]),
+                dense_grid=int(opts["dense_grid"]),
+                dense_smoothness=float(opts["dense_smoothness"]),
+                dense_steps=int(opts["dense_steps"]),
+                ridge=float(opts["ridge"]),
+                seed=seed,
+                device=device,
+                progress=progress,
+                max_batch_elements=elements,
+            )
 
-    try:
-        result = retry_on_out_of_memory(
-            run,
-            working_elements(device, int(opts["max_batch_elements"])),
-            what=f"{path} layer {layer}",
-        )
-    except EmptyRegionError as err:
-        raise FileError(
-            f"features file {path}, layer {layer!r} ({h}x{w} at stride {grid.stride}): {err}"
-        ) from None
-    starts = np.array(result.start_names, dtype=object)
-    dims2 = ("sample", "transform")
+        try:
+            return retry_on_out_of_memory(
+                run,
+                working_elements(device, int(opts["max_batch_elements"])),
+                what=f"{path} layer {layer} ({evaluation})",
+            )
+        except EmptyRegionError as err:
+            raise FileError(
+                f"features file {path}, layer {layer!r} ({on.height}x{on.width} at stride "
+                f"{on.stride:g}, {evaluation}): {err}"
+            ) from None
+
+    built = measure(_AS_BUILT, grid, "as built")
+    if dense_maps:
+        hd, wd = ds.sizes["dense_y"], ds.sizes["dense_x"]
+        dense_on = Grid(hd, wd, 1.0, grid.offset_y, grid.offset_x, grid.image_height,
+                        grid.image_width)
+        log.info("dense evaluation: %dx%d maps at stride 1 (as built: %dx%d at stride %d)",
+                 hd, wd, h, w, stride)
+        dense = measure(_DENSE, dense_on, "dense")
+        how = (f"computed: shift-and-stitch over {stride}x{stride} phases, a {hd}x{wd} "
+               "map of stride 1")
+    else:
+        dense = built
+        how = ("reused: the layer has stride 1, its maps are dense already" if stride == 1
+               else "reused: the features file has no dense maps (features.dense is off), "
+               f"so the dense evaluation is the as-built one at stride {stride}")
+        log.info("dense evaluation %s", how)
+    results = (built, dense)
+    starts = np.array(built.start_names, dtype=object)
+    if dense.start_names != built.start_names:  # same seed, same families: same starts
+        raise AssertionError("the dense evaluation drew other starts than the as-built one")
+
+    def both(field: str) -> np.ndarray:
+        return np.stack([getattr(r, field).numpy() for r in results])
+
+    dims2 = ("evaluation", "sample", "transform")
     return xr.Dataset(
         {
             "error": (
                 (*dims2, "measure"),
-                result.errors.numpy(),
+                both("errors"),
                 {"long_name": "relative error", "units": "1", "normalisation": NORMALISATION},
             ),
             "affine_matrix": (
                 (*dims2, "row", "col"),
-                result.affine_matrix.numpy(),
+                both("affine_matrix"),
                 {
                     "long_name": "best affine warp of the transformed image's features",
                     "units": "pixel",
@@ -190,22 +278,22 @@ def alignment_dataset(
             ),
             "affine_iterations": (
                 dims2,
-                result.affine_iterations.numpy().astype(np.int32),
+                both("affine_iterations").astype(np.int32),
                 {"long_name": "optimiser iterations", "units": "1"},
             ),
             "affine_converged": (
                 dims2,
-                result.affine_converged.numpy().astype(np.int8),
+                both("affine_converged").astype(np.int8),
                 {"long_name": "optimiser converged (1) or not (0)", "units": "1"},
             ),
             "affine_start": (
                 dims2,
-                starts[result.affine_start.numpy()],
+                starts[both("affine_start")],
                 {"long_name": "start of the winning optimisation"},
             ),
             "dense_displacement_rms": (
                 dims2,
-                result.dense_displacement_rms.numpy(),
+                both("dense_displacement_rms"),
                 {
                     "long_name": "rms displacement of the dense warp beyond the affine",
                     "units": "pixel",
@@ -213,9 +301,25 @@ def alignment_dataset(
             ),
         },
         coords={
+            "evaluation": ("evaluation", list(EVALUATIONS), {
+                "long_name": "as_built: the layer's own strided maps; dense: shift-and-stitch "
+                "maps of stride 1 (the theorem's premise)",
+            }),
+            "evaluation_stride": ("evaluation", np.array(
+                [stride, 1 if dense_maps else stride], dtype=np.int32), {
+                "long_name": "stride of the maps measured", "units": "pixel",
+            }),
+            "evaluation_computed": ("evaluation", np.array(
+                [1, 1 if dense_maps else 0], dtype=np.int8), {
+                "long_name": "measured on its own maps (1) or the as-built results reused (0)",
+            }),
+            "evaluation_region_pixels": ("evaluation", np.array(
+                [r.region_pixels for r in results], dtype=np.int64), {
+                "long_name": "feature pixels in the region R", "units": "1",
+            }),
             "sample": ds.sample.values,
             "transform": ds.transform.values,
-            "measure": list(result.measures),
+            "measure": list(built.measures),
             **{k: ds.coords[k] for k in ("family", "magnitude", "matrix", "row", "col")},
         },
         attrs=make_attrs(
@@ -229,15 +333,17 @@ def alignment_dataset(
             invariant_to=str(attrs.get("invariant_to", "")),
             layer=layer,
             depth=int(ds.attrs["depth"]),
-            stride=int(ds.attrs["stride"]),
+            stride=stride,
+            dense_evaluation=how,
             channels=int(ds.attrs["channels"]),
             offset_y=float(ds.attrs["offset_y"]),
             offset_x=float(ds.attrs["offset_x"]),
             image_height=int(ds.attrs["image_height"]),
             image_width=int(ds.attrs["image_width"]),
             region_radius=float(radius),
-            region_pixels=int(result.region_pixels),
+            region_pixels=int(built.region_pixels),
             features_sha256_of_config=str(attrs.get("config_sha256", "")),
-            compute_seconds=float(sum(result.seconds.values())),
+            compute_seconds=float(sum(built.seconds.values()))
+            + (float(sum(dense.seconds.values())) if dense_maps else 0.0),
         ),
     )

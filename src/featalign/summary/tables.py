@@ -1,7 +1,11 @@
 """The two tables of the summary, their columns, and the errors table read from files.
 
 ``errors.csv`` (:data:`ERRORS_COLUMNS`) holds every measurement, one row per
-dataset × network × layer × sample × transform × measure; ``claims.csv``
+dataset × network × layer × evaluation × sample × transform × measure; ``evaluation``
+is ``as_built`` (the layer's own strided maps) or ``dense`` (shift-and-stitch, stride
+1; :mod:`featalign.align.files`), ``stride`` the stride of the *evaluated* maps (so
+that a shift by one pixel is a ``translation`` at dense evaluation) and
+``layer_stride`` the layer's as-built stride. ``claims.csv``
 (:data:`CLAIMS_COLUMNS`) one verdict per dataset × network × layer × claim family
 (:func:`featalign.summary.claims.claims_table`).
 """
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from featalign.io import open_dataset
+from featalign.io import FileError, open_dataset
 from featalign.summary.families import claim_family
 
 __all__ = ["CLAIMS_COLUMNS", "ERRORS_COLUMNS", "check_columns", "errors_table", "ordered"]
@@ -22,8 +26,10 @@ ERRORS_COLUMNS = (
     "dataset",
     "network",
     "layer",
+    "evaluation",
     "depth",
     "stride",
+    "layer_stride",
     "channels",
     "sample",
     "transform",
@@ -79,33 +85,47 @@ def ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
 def errors_table(paths: Iterable[str | Path]) -> pd.DataFrame:
     """The tidy table of every measurement in the given alignment files.
 
-    One row per dataset × network × layer × sample × transform × measure.
+    One row per dataset × network × layer × evaluation × sample × transform × measure;
+    ``stride`` is the evaluated maps' stride (the file's ``evaluation_stride``), which
+    classifies the claim family (:func:`featalign.summary.families.claim_family`), and
+    ``layer_stride`` the layer's as-built stride.
+
+    Raises:
+        FileError: a file is not an alignment file of this version (no ``evaluation``
+            dimension); the message names the command that rebuilds it.
     """
     frames = []
     for path in paths:
+        rebuild = f"snakemake {path}"
         ds = open_dataset(
             path,
             kind="alignment",
-            rebuild=f"snakemake {path}",
-            variables=("error",),
+            rebuild=rebuild,
+            variables=("error", "evaluation_stride"),
             attrs=("dataset", "network", "layer", "stride", "depth", "channels"),
         )
+        if ds["error"].dims[0] != "evaluation":
+            raise FileError(
+                f"alignment file {path} has error{ds['error'].dims} without the evaluation "
+                f"dimension (written by an older featalign); delete it and rebuild with: {rebuild}"
+            )
         a = ds.attrs
-        err = ds["error"]
-        df = err.to_dataframe(name="error").reset_index()
+        df = ds["error"].to_dataframe(name="error").reset_index()
         fam = dict(zip(ds.transform.values.tolist(), ds.family.values.tolist()))
         mag = dict(zip(ds.transform.values.tolist(), ds.magnitude.values.tolist()))
-        stride = int(a["stride"])
+        evaluated = dict(zip(ds.evaluation.values.tolist(),
+                             (int(v) for v in ds.evaluation_stride.values)))
         df["family"] = df["transform"].map(fam)
         df["magnitude"] = df["transform"].map(mag)
+        df["stride"] = df["evaluation"].map(evaluated).astype(int)
         df["claim_family"] = [
-            claim_family(f, m, stride) for f, m in zip(df["family"], df["magnitude"])
+            claim_family(f, m, s) for f, m, s in zip(df["family"], df["magnitude"], df["stride"])
         ]
         df["dataset"] = a["dataset"]
         df["network"] = a["network"]
         df["layer"] = a["layer"]
         df["depth"] = int(a["depth"])
-        df["stride"] = stride
+        df["layer_stride"] = int(a["stride"])
         df["channels"] = int(a["channels"])
         frames.append(df[list(ERRORS_COLUMNS)])
     if not frames:
