@@ -1,8 +1,10 @@
 """Shared fixtures and helpers: seeded rng, device and dtype, the repository root, an
-isolated plugin registry, plugin files and extractors made by tests, workflow runs."""
+isolated plugin registry, plugin files and extractors made by tests, workflow runs, and
+the counts that tests record for the summary at the end of the run."""
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -16,6 +18,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+#: Counts that tests record (faults injected, configs fuzzed), by group; printed by
+#: :func:`pytest_terminal_summary` at the end of the run, whatever order tests ran in.
+COUNTS: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
 #: Tolerances per dtype, used instead of numbers scattered through the tests.
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -111,3 +117,12 @@ def extractor_of(
     )
     return build_extractor(spec)
 
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Print the counts that tests recorded in :data:`COUNTS`, one line per group."""
+    groups = {group: counts for group, counts in sorted(COUNTS.items()) if counts}
+    if not groups:
+        return
+    terminalreporter.section("featalign counts")
+    for group, counts in groups.items():
+        terminalreporter.write_line(f"{group}: {dict(sorted(counts.items()))}")
