@@ -15,10 +15,13 @@ from featalign.summary import (
     claim_family,
     claims_summary_markdown,
     claims_table,
+    disagreement_reason,
     mean_interval,
     predicted,
     problem_excess,
-    verdict,
+    read_table,
+    separation_table,
+    verdict_grid_markdown,
 )
 
 
@@ -72,27 +75,33 @@ class TestBootstrap:
         assert all(np.isnan(bootstrap_interval([])))
 
 
-class TestVerdict:
-    def test_margin(self):
-        assert verdict(0.0, 0.004, 0.005) == "aligned"
-        assert verdict(0.006, 0.5, 0.005) == "not aligned"
-        assert verdict(0.004, 0.006, 0.005) == "inconclusive"
-        assert verdict(np.nan, np.nan, 0.005) == "inconclusive"
-
-
 def measured(problem: dict, errors: dict[str, float]) -> list[dict]:
-    """The errors table's rows of one problem: one per measure, with its claim family."""
+    """The errors table's rows of one problem: one per measure, with its claim family.
+
+    ``stride`` is the evaluated maps' (1 for dense), ``layer_stride`` the layer's.
+    """
+    problem = {"evaluation": "as_built", "layer_stride": problem["stride"], **problem}
     claim = claim_family(problem["family"], problem["magnitude"], problem["stride"])
     return [
         dict(problem, channels=4, claim_family=claim, measure=m, error=e) for m, e in errors.items()
     ]
 
 
-def synthetic_errors(excess: dict[tuple[str, str], float], n: int = 6) -> pd.DataFrame:
-    """Errors whose excess (min(affine, dense) - input) is known per (network, family)."""
+def synthetic_errors(
+    excess: dict[tuple[str, str], float], n: int = 6, evaluation: str = "as_built"
+) -> pd.DataFrame:
+    """Errors whose excess (min(affine, dense) - input) is known per (network, claim family).
+
+    One magnitude per claim (1; a ``translation_substride`` claim is a shift by 1 pixel
+    at a stride-2 layer, which dense evaluation, at stride 1, calls ``translation``).
+    """
     rows = []
     rng = np.random.default_rng(1)
-    for t, ((network, family), ex) in enumerate(excess.items()):
+    for t, ((network, claim), ex) in enumerate(excess.items()):
+        family, layer_stride = claim, 1
+        if claim == "translation_substride":
+            family, layer_stride = "translation", 2
+        stride = 1 if evaluation == "dense" else layer_stride
         for s in range(n):
             floor = 0.01 + 0.001 * rng.random()
             vals = {
@@ -104,15 +113,17 @@ def synthetic_errors(excess: dict[tuple[str, str], float], n: int = 6) -> pd.Dat
                 "input": floor,
                 "constant": 1.0,
             }
-            problem = dict(dataset="d", network=network, layer="l1", depth=0, stride=1)
+            problem = dict(dataset="d", network=network, layer=f"l{layer_stride}", depth=0)
+            problem.update(evaluation=evaluation, stride=stride, layer_stride=layer_stride)
             problem.update(sample=s, transform=t, family=family, magnitude=1.0)
             rows += measured(problem, vals)
     return pd.DataFrame(rows)
 
 
 def varied_errors(seed: int = 0) -> pd.DataFrame:
-    """2 datasets × 2 networks × 3 layers × 6 families (several magnitudes) × 5 samples,
-    rows shuffled; excesses random, some negative, so that intervals are not degenerate."""
+    """2 datasets × 2 networks × 3 layers × 2 evaluations × 6 families (several magnitudes)
+    × 5 samples, rows shuffled; excesses random, some negative, so that intervals are not
+    degenerate."""
     rng = np.random.default_rng(seed)
     sweep = {
         "translation": (1.0, 2.0, 4.0),
@@ -125,25 +136,28 @@ def varied_errors(seed: int = 0) -> pd.DataFrame:
     rows = []
     for dataset in ("a", "b"):
         for network in ("n1", "n2"):
-            for depth, (layer, stride) in enumerate((("c1", 1), ("c2", 2), ("c3", 4))):
-                t = 0
-                for family, mags in sweep.items():
-                    for mag in mags:
-                        for s in range(5):
-                            floor = 1e-3 * (1 + rng.random())
-                            ex = rng.normal(0.004, 0.01) * (depth + 1)
-                            vals = {
-                                "none": rng.random(),
-                                "oracle": floor + abs(ex),
-                                "affine": floor + ex,
-                                "dense": floor + ex * rng.random(),
-                                "input": floor,
-                            }
-                            problem = dict(dataset=dataset, network=network, layer=layer)
-                            problem.update(depth=depth, stride=stride, sample=s, transform=t)
-                            rows += measured(dict(problem, family=family, magnitude=mag), vals)
-                        t += 1
-    table = pd.DataFrame(rows, columns=list(ERRORS_COLUMNS))
+            for depth, (layer, layer_stride) in enumerate((("c1", 1), ("c2", 2), ("c3", 4))):
+                for evaluation, stride in (("as_built", layer_stride), ("dense", 1)):
+                    t = 0
+                    for family, mags in sweep.items():
+                        for mag in mags:
+                            for s in range(5):
+                                floor = 1e-3 * (1 + rng.random())
+                                ex = rng.normal(0.004, 0.01) * (depth + 1)
+                                vals = {
+                                    "none": rng.random(),
+                                    "oracle": floor + abs(ex),
+                                    "affine": max(floor + ex, 0.0),
+                                    "dense": max(floor + ex * rng.random(), 0.0),
+                                    "input": floor,
+                                }
+                                problem = dict(dataset=dataset, network=network, layer=layer)
+                                problem.update(evaluation=evaluation, depth=depth)
+                                problem.update(stride=stride, layer_stride=layer_stride)
+                                problem.update(sample=s, transform=t)
+                                rows += measured(dict(problem, family=family, magnitude=mag), vals)
+                            t += 1
+    table = pd.DataFrame(rows)[list(ERRORS_COLUMNS)]
     return table.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
@@ -197,7 +211,7 @@ class TestClaimsTable:
                 ("inv", "scaling"): 0.001,
             }
         )
-        claims = claims_table(errors, {"gen": [], "inv": ["rotation"]}, margin=0.005)
+        claims = claims_table(errors, {"gen": [], "inv": ["rotation"]}, margin=0.001)
         assert tuple(claims.columns) == CLAIMS_COLUMNS
         got = {
             (r.network, r.family): (r.prediction, r.verdict, r.agreement)
@@ -206,75 +220,123 @@ class TestClaimsTable:
         assert got[("gen", "rotation")] == ("not aligned", "not aligned", "yes")
         assert got[("gen", "translation")] == ("aligned", "aligned", "yes")
         assert got[("inv", "rotation")] == ("aligned", "aligned", "yes")
-        # excess 0.001 < margin: aligned, but the theory said not aligned -> a reported
-        # disagreement
+        # excess 0.001 within the resolution (floor ~0.0105 + τ): aligned, but the theory
+        # said not aligned -> a reported disagreement
         assert got[("inv", "scaling")] == ("not aligned", "aligned", "no")
         row = claims[(claims.network == "gen") & (claims.family == "rotation")].iloc[0]
         assert row.excess_mean == pytest.approx(0.3) and row.problems == 6
+        # one magnitude: the effect is the excess over all problems, the floor their input
+        assert row.effect == row.excess_mean and row.magnitudes == 1
+        assert row.largest_magnitude == 1.0
+        assert 0.01 < row.floor < 0.011 and row.resolution == pytest.approx(row.floor + 0.001)
+        assert set(claims["evaluation"]) == {"as_built"}
 
     def test_dense_counts_when_better(self):
         errors = synthetic_errors({("gen", "shear"): 0.1})
         dense, floor = errors.measure == "dense", errors.measure == "input"
         errors.loc[dense, "error"] = errors.loc[floor, "error"].values
-        claims = claims_table(errors, {"gen": []}, margin=0.005)
+        claims = claims_table(errors, {"gen": []}, margin=0.001)
         assert claims.iloc[0].verdict == "aligned"  # the best spatial warp is the min of both
 
     def test_row_order_does_not_matter(self):
         errors = varied_errors()
-        kwargs = dict(margin=0.01, confidence=0.9, resamples=400, seed=2)
+        kwargs = dict(margin=0.001, confidence=0.9, resamples=400, seed=2)
         a = claims_table(errors, {"n1": ["rotation90"]}, **kwargs)
         b = claims_table(errors.iloc[::-1], {"n1": ["rotation90"]}, **kwargs)
         pd.testing.assert_frame_equal(a, b, check_exact=True)
-        assert set(a["verdict"]) == {"aligned", "inconclusive", "not aligned"}
+        assert {"aligned", "inconclusive", "not aligned"} <= set(a["verdict"])
+        assert a["magnitudes"].max() == 3  # translation at stride 1: 1, 2 and 4 pixels
 
     def test_one_claim_per_layer_and_family(self):
         errors = varied_errors()
-        claims = claims_table(errors, {}, margin=0.005)
-        groups = errors.groupby(["dataset", "network", "layer", "claim_family"])
+        claims = claims_table(errors, {}, margin=0.001)
+        groups = errors.groupby(["dataset", "network", "layer", "evaluation", "claim_family"])
         assert len(claims) == groups.ngroups
         assert claims["problems"].sum() == len(errors) // 5
+        # dense first; at dense evaluation (stride 1) no shift is sub-stride
+        first = claims["evaluation"].tolist().index("as_built")
+        assert set(claims["evaluation"][:first]) == {"dense"}
+        dense = claims[claims["evaluation"] == "dense"]
+        assert "translation_substride" not in set(dense["family"])
 
 
 @pytest.fixture(scope="module")
 def claims() -> pd.DataFrame:
-    errors = synthetic_errors(
-        {
-            ("gen", "rotation"): 0.3,
-            ("gen", "translation"): 0.0,
-            ("gen", "translation_substride"): 0.05,
-            ("inv", "rotation"): 0.0,
-            ("inv", "scaling"): 0.001,
-            ("inv", "shear"): 0.005,
-        }
-    )
-    return claims_table(errors, {"gen": [], "inv": ["rotation"]}, margin=0.005, resamples=200)
+    """Both evaluations: as built as planted, dense with the sub-stride shift aligned."""
+    excess = {
+        ("gen", "rotation"): 0.3,
+        ("gen", "translation"): 0.0,
+        ("gen", "translation_substride"): 0.05,
+        ("inv", "rotation"): 0.0,
+        ("inv", "scaling"): 0.001,
+        ("inv", "shear"): 0.05,
+    }
+    built = synthetic_errors(excess)
+    dense = synthetic_errors({**excess, ("gen", "translation_substride"): 0.0}, evaluation="dense")
+    errors = pd.concat([built, dense], ignore_index=True)
+    return claims_table(errors, {"gen": [], "inv": ["rotation"]}, margin=0.001, resamples=200)
+
+
+def _section(text: str, title: str) -> list[str]:
+    lines = text.splitlines()
+    start = lines.index(f"#### {title}")
+    end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("#### ")), None)
+    return lines[start + 1 : end]
 
 
 class TestClaimsSummaryMarkdown:
-    def test_counts_match_the_table(self, claims):
+    @pytest.mark.parametrize("evaluation,title", [("dense", "dense"), ("as_built", "as built")])
+    def test_counts_match_the_table(self, claims, evaluation, title):
         text = claims_summary_markdown(claims)
-        counts = claims["agreement"].value_counts()
-        yes, no, na = (int(counts.get(k, 0)) for k in ("yes", "no", "n/a"))
-        assert f"**yes {yes}**, **no {no}**, n/a {na}" in text
-        assert no > 0 and na > 0 and f"**Disagreements** ({no}):" in text
-        items = [ln for ln in text.splitlines() if ln.startswith("- ")]
-        assert len(items) == no
-        # the cross-tab rows sum to the table's size
-        header = next(ln for ln in text.splitlines() if ln.startswith("| verdict"))
+        sub = claims[claims["evaluation"] == evaluation]
+        section = _section(text, title)
+        yes = int((sub["agreement"] == "yes").sum())
+        no = sub["agreement"] == "no"
+        opposite = int((no & sub["verdict"].isin(["aligned", "not aligned"])).sum())
+        inconclusive = int((no & (sub["verdict"] == "inconclusive")).sum())
+        na = int((sub["agreement"] == "n/a").sum())
+        counts = next(ln for ln in section if "with a prediction" in ln)
+        assert f"**agree {yes}**" in counts and f"**disagree {opposite}**" in counts
+        assert f"**inconclusive {inconclusive}**" in counts and f"n/a {na}" in counts
+        # the cross-tab rows sum to the evaluation's claims
+        header = next(ln for ln in section if ln.startswith("| verdict"))
         preds = [c.strip() for c in header.strip("|").split("|")[1:]]
-        body = [
-            ln
-            for ln in text.splitlines()
-            if ln.startswith("| ") and ln is not header and not ln.startswith("| verdict")
-        ]
+        body = [ln for ln in section if ln.startswith("| ") and ln != header]
         total = 0
         for ln in body:
             cells = [c.strip() for c in ln.strip("|").split("|")]
             v, nums = cells[0], [int(c) for c in cells[1:]]
-            for p, n in zip(preds, nums):
-                assert n == int(((claims["verdict"] == v) & (claims["prediction"] == p)).sum())
+            for pred, n in zip(preds, nums):
+                assert n == int(((sub["verdict"] == v) & (sub["prediction"] == pred)).sum())
             total += sum(nums)
-        assert total == len(claims)
+        assert total == len(sub)
+
+    def test_every_disagreement_with_its_numbers(self, claims):
+        text = claims_summary_markdown(claims)
+        bad = claims[claims["agreement"] == "no"]
+        items = [ln for ln in text.splitlines() if ln.startswith("- ")]
+        assert len(bad) > 0 and len(items) == len(bad)
+        for (_, r), line in zip(bad.iterrows(), items):
+            assert f"{r['network']} {r['layer']} {r['family']} ({r['dataset']})" in line
+            assert f"**{r['verdict']}** (predicted {r['prediction']})" in line
+            assert (
+                f"effect {r['effect']:.3g} [{r['effect_low']:.3g}, {r['effect_high']:.3g}]" in line
+            )
+            assert f"floor {r['floor']:.3g}, resolution {r['resolution']:.3g}" in line
+            assert f"at magnitude {r['largest_magnitude']:g}" in line
+            assert line.endswith(disagreement_reason(r))
+        for ev, title in (("dense", "dense"), ("as_built", "as built")):
+            n = int(((claims["evaluation"] == ev) & (claims["agreement"] == "no")).sum())
+            assert f"**Disagreements, {title}** ({n}):" in text
+
+    def test_separation(self, claims):
+        text = claims_summary_markdown(claims)
+        sep = separation_table(claims)
+        rows = {ln.split("|")[1].strip(): ln for ln in _section(text, "Separation") if "|" in ln}
+        for r in sep.itertuples():
+            value = "n/a" if np.isnan(r.auc) else f"{r.auc:.3f}"
+            assert f"{value} ({r.not_aligned} / {r.aligned})" in rows[r.family]
+        assert not sep["auc"].isna().all()
 
     def test_no_disagreements(self, claims):
         ok = claims[claims["agreement"] != "no"]
@@ -283,3 +345,34 @@ class TestClaimsSummaryMarkdown:
     def test_exception(self):
         with pytest.raises(ValueError, match="the claims table lacks columns"):
             claims_summary_markdown(pd.DataFrame({"dataset": ["d"]}))
+
+
+class TestVerdictGridMarkdown:
+    def test_one_grid_per_evaluation(self, claims):
+        for ev in ("dense", "as_built"):
+            grid = verdict_grid_markdown(claims, "d", ev)
+            sub = claims[claims["evaluation"] == ev]
+            assert grid.splitlines()[0].count("|") == sub["family"].nunique() + 2
+            bold = grid.count("**") // 2
+            assert bold == int((sub["agreement"] == "no").sum())
+        assert "translation_substride" not in verdict_grid_markdown(claims, "d", "dense")
+
+
+class TestReadTable:
+    def test_claims_round_trip(self, claims, tmp_path):
+        # pandas' default reader turns the agreement "n/a" into NaN; read_table keeps it
+        assert (claims["agreement"] == "n/a").any()
+        path = tmp_path / "claims.csv"
+        claims.to_csv(path, index=False)
+        back = read_table(path)
+        pd.testing.assert_frame_equal(back, claims, check_exact=False, rtol=1e-15)
+        assert (back["agreement"] == "n/a").sum() == (claims["agreement"] == "n/a").sum()
+
+    def test_missing_values_stay_missing(self, tmp_path):
+        errors = varied_errors()
+        errors.loc[errors.index[:3], "error"] = np.nan
+        path = tmp_path / "errors.csv"
+        errors.to_csv(path, index=False)
+        back = read_table(path)
+        assert back["error"].isna().sum() == 3
+        pd.testing.assert_frame_equal(back, errors, check_exact=False, rtol=1e-15)

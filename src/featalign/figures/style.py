@@ -8,6 +8,9 @@ are matplotlib's constrained layout, saved with a tight bounding box.
 seaborn's ``colorblind`` palette, verdicts the Okabe–Ito colours of
 :data:`VERDICT_COLOURS`. A claim family keeps its colour in every figure.
 
+**Evaluations** (``dense``, ``as_built``; :data:`EVALUATION_LABELS`) come dense
+first: dense maps judge the theorem, maps as built show aliasing too.
+
 **Saving**: :func:`save` writes a figure as a PNG and a PDF, each atomically
 (through :func:`featalign.io.atomic_path`), closes it and returns it, so that
 tests can inspect its axes.
@@ -39,13 +42,17 @@ from featalign.summary.families import CLAIM_FAMILIES
 __all__ = [
     "DISAGREEMENT_MARK",
     "ERROR_LABEL",
+    "EVALUATION_LABELS",
     "EXCESS_LABEL",
     "FAMILY_LABELS",
     "LOG_FLOOR",
     "MAGNITUDE_LABELS",
     "MEASURE_LABELS",
     "RC",
+    "UNRESOLVED_MARK",
     "VERDICT_COLOURS",
+    "distinct_evaluations",
+    "evaluation_label",
     "family_label",
     "facet_axes",
     "family_palette",
@@ -75,13 +82,23 @@ RC: dict[str, Any] = {
     "savefig.dpi": 200,
 }
 
-#: Verdict colours (Okabe–Ito: blue, vermillion, yellow; grey for no verdict).
+#: Verdict colours (Okabe–Ito: blue, vermillion, reddish purple, yellow; grey for no
+#: verdict); a prediction (aligned, not aligned) takes its verdict's colour.
 VERDICT_COLOURS: dict[str, str] = dict(
-    zip(OUTCOMES, ("#0072B2", "#D55E00", "#F0E442", "#BBBBBB"), strict=True)
+    zip(OUTCOMES, ("#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#BBBBBB"), strict=True)
 )
 
 #: The mark drawn on a verdict-grid cell whose verdict disagrees with the prediction.
 DISAGREEMENT_MARK = "✗"
+
+#: The mark drawn on a verdict-grid cell whose verdict is ``unresolved`` (besides its colour).
+UNRESOLVED_MARK = "∅"
+
+#: How figures name the evaluations (dense first).
+EVALUATION_LABELS: dict[str, str] = {
+    "dense": "dense (shift-and-stitch)",
+    "as_built": "as built (strided)",
+}
 
 #: x-axis label of each transformation family's magnitude (see geometry.from_family).
 MAGNITUDE_LABELS: dict[str, str] = {
@@ -164,6 +181,41 @@ def family_label(family: str) -> str:
         ('rotation (90° multiple)', 'new family')
     """
     return FAMILY_LABELS.get(family, family.replace("_", " "))
+
+
+def evaluation_label(evaluation: str) -> str:
+    """The display name of an evaluation (:data:`EVALUATION_LABELS`).
+
+    Example:
+        >>> evaluation_label("as_built"), evaluation_label("other")
+        ('as built (strided)', 'other')
+    """
+    return EVALUATION_LABELS.get(evaluation, str(evaluation))
+
+
+def distinct_evaluations(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the ``as_built`` rows of layers whose dense rows have the same stride.
+
+    A layer of stride 1 (or any layer with ``features.dense`` off) has one set of maps:
+    its dense evaluation is the as-built one. A figure that draws one mark per problem
+    draws them once, as dense.
+
+    Example:
+        >>> f = pd.DataFrame(dict(dataset="d", network="n", layer=["a", "a", "b", "b"],
+        ...     evaluation=["as_built", "dense"] * 2, stride=[1, 1, 2, 1]))
+        >>> distinct_evaluations(f)[["layer", "evaluation"]].values.tolist()
+        [['a', 'dense'], ['b', 'as_built'], ['b', 'dense']]
+    """
+    if "evaluation" not in frame:
+        return frame
+    keys = ["dataset", "network", "layer"]
+    dense = frame.loc[frame["evaluation"] == "dense", [*keys, "stride"]].drop_duplicates()
+    same = set(map(tuple, dense.to_numpy().tolist()))
+    rows = frame[[*keys, "stride"]].to_numpy().tolist()
+    dup = (frame["evaluation"] == "as_built").to_numpy() & np.array(
+        [tuple(k) in same for k in rows], dtype=bool
+    )
+    return frame[~dup]
 
 
 def units_label(name: str, attrs: Mapping[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """The judged quantity, the excess of each problem, and the interval of its mean.
 
-The **excess** of a (sample, transform) problem at one layer is the best spatial
-error, ``min(affine, dense)``, minus the ``input`` floor (the error left by
-interpolation and cropping when the *input* is realigned). Its mean over a group of
-problems gets a percentile-bootstrap confidence interval (:func:`mean_interval`).
+The **excess** of a (sample, transform) problem at one layer and evaluation
+(``dense`` or ``as_built``) is the best spatial error, ``min(affine, dense)``, minus
+the ``input`` floor (the error left by interpolation and cropping when the *input* is
+realigned). Its mean over a group of problems gets a percentile-bootstrap confidence interval (:func:`mean_interval`).
 The claims table (:func:`featalign.summary.claims.claims_table`) and every figure
 that shows an excess take both from here, so that they show the same numbers for
 the same ``confidence``, ``resamples`` and ``seed`` (the config's ``claims`` and
@@ -26,13 +26,20 @@ import pandas as pd
 
 from featalign.summary.tables import check_columns
 
-__all__ = ["PROBLEM_KEYS", "bootstrap_interval", "mean_interval", "problem_excess"]
+__all__ = [
+    "DEFAULT_EVALUATION",
+    "PROBLEM_KEYS",
+    "bootstrap_interval",
+    "mean_interval",
+    "problem_excess",
+]
 
 #: The columns that name one problem, in the order :func:`problem_excess` sorts by.
 PROBLEM_KEYS: tuple[str, ...] = (
     "dataset",
     "network",
     "layer",
+    "evaluation",
     "depth",
     "stride",
     "claim_family",
@@ -43,15 +50,20 @@ PROBLEM_KEYS: tuple[str, ...] = (
 #: Columns that describe a problem's transform (functions of dataset and transform).
 _DESCRIPTION = ("family", "magnitude")
 
+#: The evaluation of a table that has no ``evaluation`` column: it holds strided maps as built.
+DEFAULT_EVALUATION = "as_built"
+
 
 def problem_excess(errors: pd.DataFrame) -> pd.DataFrame:
     """The excess of every problem: ``min(affine, dense) − input``, one row per problem.
 
     Args:
         errors: the tidy errors table (:data:`featalign.summary.tables.ERRORS_COLUMNS`).
+            A table without an ``evaluation`` column (from before dense evaluation)
+            holds the maps as built: its problems get :data:`DEFAULT_EVALUATION`.
 
     Returns:
-        One row per dataset × network × layer × sample × transform, sorted by
+        One row per dataset × network × layer × evaluation × sample × transform, sorted by
         :data:`PROBLEM_KEYS`, with those columns, ``family``, ``magnitude``, one
         column per measure (``affine``, ``dense`` and ``input`` always; NaN where
         missing) and ``excess``.
@@ -70,6 +82,8 @@ def problem_excess(errors: pd.DataFrame) -> pd.DataFrame:
     # the pivot sorts by its keys: the problem keys first (they name one problem), so the
     # rows come in problem order; family and magnitude, set by the transform, ride along
     keys = [*PROBLEM_KEYS, *_DESCRIPTION]
+    if "evaluation" not in errors.columns:
+        errors = errors.assign(evaluation=DEFAULT_EVALUATION)
     check_columns(errors, [*keys, "measure", "error"], "errors")
     wide = errors.pivot_table(index=keys, columns="measure", values="error").reset_index()
     wide.columns.name = None

@@ -10,13 +10,21 @@ grid (multiples of 90°; reflections about the axes and diagonals), split from
 prediction: a family is predicted to align if it, or a family containing it,
 is declared (``rotation`` contains ``rotation90``, ``reflection`` contains
 ``flip``).
+
+**Deformation size** orders a claim's magnitudes (:func:`deformation`): the
+verdict rule (:mod:`featalign.summary.claims`) needs the largest and the
+smallest deformation of the sweep, and magnitudes of equal size are pooled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["CLAIM_FAMILIES", "claim_family", "predicted"]
+import torch
+
+from featalign import geometry
+
+__all__ = ["CLAIM_FAMILIES", "claim_family", "deformation", "predicted", "transform_family"]
 
 #: Claim families in display order (see the module docstring).
 CLAIM_FAMILIES: tuple[str, ...] = (
@@ -68,6 +76,20 @@ def claim_family(family: str, magnitude: float, stride: int) -> str:
     return family
 
 
+def transform_family(claim: str) -> str:
+    """The transformation family a claim family refines (the inverse of :func:`claim_family`).
+
+    Example:
+        >>> transform_family("rotation90"), transform_family("flip"), transform_family("shear")
+        ('rotation', 'reflection', 'shear')
+    """
+    return {
+        "translation_substride": "translation",
+        "rotation90": "rotation",
+        "flip": "reflection",
+    }.get(claim, claim)
+
+
 def predicted(claim: str, invariant_to: Iterable[str]) -> str:
     """The theory's prediction for a claim family: ``aligned``, ``not aligned`` or ``none``.
 
@@ -84,3 +106,36 @@ def predicted(claim: str, invariant_to: Iterable[str]) -> str:
     if claim == "translation_substride":
         return "none"
     return "aligned" if declared.intersection(_IMPLIED_BY[claim]) else "not aligned"
+
+
+def deformation(family: str, magnitude: float) -> float:
+    """The size of a transform: ``‖A − I‖_F`` of its linear part, or the shift's length.
+
+    The transform is built by :func:`featalign.geometry.from_family`, as the
+    dataset stage builds it:
+
+    * ``translation``: the length of the shift ``(m, m)``, ``√2 |m|`` (A = I);
+    * ``affine``: the magnitude itself. :func:`featalign.geometry.affine` draws
+      ``A = expm(m N)`` with ``‖N‖_F = 1``, so m *is* the distance from the
+      identity by definition (in the Lie algebra, ``‖log A‖_F = m``); the
+      Frobenius distance ``‖A − I‖_F = m + O(m²)`` depends on the random draw
+      ``N`` as well, so it is not a function of the magnitude (and a claim pools
+      the draws of one magnitude);
+    * every other family: ``‖A − I‖_F``. Reflections all have size 2 (A is
+      symmetric orthogonal with eigenvalues ±1), rotations by ±θ the same size
+      ``2√2 |sin(θ/2)|``, a scaling m the size ``√2 |m − 1|``.
+
+    Example:
+        >>> round(deformation("translation", 2), 4), deformation("shear", -0.5)
+        (2.8284, 0.5)
+        >>> deformation("reflection", 0), round(deformation("reflection", 30), 12)
+        (2.0, 2.0)
+        >>> deformation("affine", 0.4)
+        0.4
+    """
+    if family == "affine":
+        return float(magnitude)
+    m = geometry.from_family(family, magnitude)
+    if family == "translation":
+        return float(torch.linalg.norm(m[:, 2]))
+    return float(torch.linalg.norm(m[:, :2] - torch.eye(2, dtype=m.dtype)))

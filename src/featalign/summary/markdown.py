@@ -1,33 +1,74 @@
-"""The claims table as Markdown, for ``claims_summary.md``, the README and the note."""
+"""The claims table as Markdown, for ``claims_summary.md``, the README and the note.
+
+Every sentence about a claim is computed from its row of ``claims.csv``: the
+counts, the cross-tab, the separation (:mod:`featalign.summary.separation`) and,
+for every disagreement, its measured quantities and the branch of the verdict
+rule (:mod:`featalign.summary.claims`) that decided it (:func:`disagreement_reason`).
+"""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
-from featalign.summary.claims import OUTCOMES
+from featalign.summary.claims import EVALUATION_LABELS, EVALUATIONS, OUTCOMES
 from featalign.summary.families import CLAIM_FAMILIES
+from featalign.summary.separation import separation_table
 from featalign.summary.tables import check_columns, ordered
 
-__all__ = ["claims_summary_markdown", "verdict_grid_markdown"]
+__all__ = ["claims_summary_markdown", "disagreement_reason", "verdict_grid_markdown"]
 
-_SYMBOL = {"aligned": "A", "not aligned": "N", "inconclusive": "?"}
+_SYMBOL = {"aligned": "A", "not aligned": "N", "unresolved": "U", "inconclusive": "?"}
+
+#: The columns :func:`claims_summary_markdown` reads.
+_NEEDED = (
+    "dataset",
+    "network",
+    "layer",
+    "evaluation",
+    "family",
+    "prediction",
+    "verdict",
+    "agreement",
+    "effect",
+    "effect_low",
+    "effect_high",
+    "floor",
+    "resolution",
+    "magnitudes",
+    "largest_magnitude",
+)
 
 
-def verdict_grid_markdown(claims: pd.DataFrame, dataset: str) -> str:
-    """The verdict grid of one dataset as a Markdown table (for the README and the note).
+def _evaluation_label(evaluation: str) -> str:
+    return EVALUATION_LABELS.get(evaluation, str(evaluation))
 
-    Cells: ``A`` aligned, ``N`` not aligned, ``?`` inconclusive; a cell that
-    disagrees with the network's declared prediction is bold; ``·`` no such case.
+
+def verdict_grid_markdown(claims: pd.DataFrame, dataset: str, evaluation: str | None = None) -> str:
+    """The verdict grid of one dataset (and evaluation) as a Markdown table.
+
+    Cells: ``A`` aligned, ``N`` not aligned, ``U`` unresolved, ``?`` inconclusive;
+    a cell that disagrees with the network's declared prediction is bold; ``·``
+    no such case.
+
+    Args:
+        claims: the claims table.
+        dataset: which dataset.
+        evaluation: which evaluation (``dense``, ``as_built``); None: every row of
+            the dataset (a table with one evaluation).
 
     Example:
         >>> c = pd.DataFrame([dict(dataset="d", network="n", layer="l", depth=0,
-        ...     family="shear", verdict="aligned", agreement="no")])
-        >>> print(verdict_grid_markdown(c, "d"))
+        ...     evaluation="dense", family="shear", verdict="unresolved", agreement="no")])
+        >>> print(verdict_grid_markdown(c, "d", "dense"))
         | network / layer | shear |
         |---|:-:|
-        | n / l | **A** |
+        | n / l | **U** |
     """
     sub = claims[claims["dataset"] == dataset]
+    if evaluation is not None:
+        sub = sub[sub["evaluation"] == evaluation]
     fams = [f for f in CLAIM_FAMILIES if f in set(sub["family"])]
     lines = [
         "| network / layer | " + " | ".join(fams) + " |",
@@ -48,72 +89,180 @@ def verdict_grid_markdown(claims: pd.DataFrame, dataset: str) -> str:
     return "\n".join(lines)
 
 
-def claims_summary_markdown(claims: pd.DataFrame) -> str:
-    """A short Markdown summary of the claims table, for the README and the report.
+def disagreement_reason(row: pd.Series | dict) -> str:
+    """Why a claim's verdict is what it is, from its measured quantities (one line).
 
-    Args:
-        claims: the claims table (:data:`featalign.summary.tables.CLAIMS_COLUMNS`).
-
-    Returns:
-        Markdown: counts of agreement (yes / no / n/a), the verdict × prediction
-        cross-tab, and one line per disagreement.
+    The branch of the verdict rule that decided, stated with the numbers of the
+    largest magnitude (``effect``, ``effect_low``, ``effect_high``, ``resolution``);
+    where the decisive level is a smaller magnitude, the line says so (claims.csv
+    keeps only the largest level's numbers).
 
     Example:
-        >>> c = pd.DataFrame([dict(dataset="d", network="n", layer="l", depth=0,
-        ...     family="shear", prediction="not aligned", verdict="aligned",
-        ...     excess_mean=0.001, ci_low=0.0, ci_high=0.002, margin=0.005, agreement="no")])
-        >>> print(claims_summary_markdown(c).splitlines()[-1])
-        - n l shear (d): aligned (predicted not aligned), excess mean 0.001 [0, 0.002]
+        >>> disagreement_reason(dict(verdict="inconclusive", effect=0.002,
+        ...     effect_low=0.0005, effect_high=0.004, resolution=0.0015))
+        'effect within resolution at the largest magnitude (effect_low 0.0005 ≤ resolution 0.0015)'
+        >>> disagreement_reason(dict(verdict="unresolved", effect=-0.03,
+        ...     effect_low=-0.05, effect_high=-0.01, resolution=0.002))
+        'floor exceeds the best warp at the largest magnitude (effect_high -0.01 < -resolution -0.002)'
     """
-    check_columns(
-        claims,
-        [
-            "dataset",
-            "network",
-            "layer",
-            "family",
-            "prediction",
-            "verdict",
-            "excess_mean",
-            "ci_low",
-            "ci_high",
-            "agreement",
-        ],
-        "claims",
+    v = row["verdict"]
+    e, lo, hi, r = (float(row[k]) for k in ("effect", "effect_low", "effect_high", "resolution"))
+    if not all(math.isfinite(x) for x in (e, lo, hi, r)):
+        return "no finite excess or floor at the largest magnitude"
+    if v == "unresolved":
+        if hi < -r:
+            return (
+                f"floor exceeds the best warp at the largest magnitude "
+                f"(effect_high {hi:.3g} < -resolution {-r:.3g})"
+            )
+        return "floor exceeds the best warp at a smaller magnitude (its interval below -resolution)"
+    if v == "aligned":
+        return (
+            f"effect within resolution at every magnitude "
+            f"(at the largest: effect_high {hi:.3g} ≤ resolution {r:.3g})"
+        )
+    if v == "not aligned":
+        return (
+            f"effect clearly above the resolution at the largest magnitude "
+            f"(effect_low {lo:.3g} > resolution {r:.3g}) and not below the smallest's"
+        )
+    # inconclusive: neither every interval within the resolution nor a rising, clear effect
+    if lo > r:
+        return (
+            f"excess does not rise with magnitude (effect_low {lo:.3g} > resolution {r:.3g}, "
+            "but the mean at the smallest magnitude is larger)"
+        )
+    if hi > r:
+        return (
+            f"effect within resolution at the largest magnitude "
+            f"(effect_low {lo:.3g} ≤ resolution {r:.3g})"
+        )
+    return (
+        f"effect within resolution at the largest magnitude (effect_high {hi:.3g} ≤ "
+        f"resolution {r:.3g}) but above it at a smaller one"
     )
-    counts = claims["agreement"].value_counts()
-    yes, no, na = (int(counts.get(k, 0)) for k in ("yes", "no", "n/a"))
-    margins = sorted(set(claims["margin"].dropna())) if "margin" in claims else []
-    margin = f", margin τ = {', '.join(f'{m:g}' for m in margins)}" if margins else ""
-    lines = [
-        (
-            f"**{len(claims)} claims** ({claims['network'].nunique()} networks, "
-            f"{claims['dataset'].nunique()} datasets{margin}): "
-            f"agreement with the theory **yes {yes}**, **no {no}**, n/a {na} "
-            "(no prediction)."
-        ),
-        "",
-    ]
-    verdict_order = ordered(claims["verdict"].unique().tolist(), OUTCOMES)
-    pred_order = ordered(claims["prediction"].unique().tolist(), OUTCOMES)
-    tab = pd.crosstab(claims["verdict"], claims["prediction"]).reindex(
+
+
+def _counts_line(sub: pd.DataFrame) -> str:
+    agree = sub["agreement"]
+    yes = int((agree == "yes").sum())
+    no = agree == "no"
+    opposite = int((no & sub["verdict"].isin(["aligned", "not aligned"])).sum())
+    inconclusive = int((no & (sub["verdict"] == "inconclusive")).sum())
+    unresolved = int((no & (sub["verdict"] == "unresolved")).sum())
+    na = int((agree == "n/a").sum())
+    predicted = yes + int(no.sum())
+    share = f" ({100 * yes / predicted:.1f} %)" if predicted else ""
+    return (
+        f"{len(sub)} claims, {predicted} with a prediction: **agree {yes}**{share}, "
+        f"**disagree {opposite}** (the opposite verdict), **inconclusive {inconclusive}**, "
+        f"**unresolved {unresolved}**; n/a {na} (no prediction)."
+    )
+
+
+def _crosstab(sub: pd.DataFrame) -> list[str]:
+    verdict_order = ordered(sub["verdict"].unique().tolist(), OUTCOMES)
+    pred_order = ordered(sub["prediction"].unique().tolist(), OUTCOMES)
+    tab = pd.crosstab(sub["verdict"], sub["prediction"]).reindex(
         index=verdict_order, columns=pred_order, fill_value=0
     )
-    lines.append("| verdict \\ prediction | " + " | ".join(pred_order) + " |")
+    lines = ["| verdict \\ prediction | " + " | ".join(pred_order) + " |"]
     lines.append("|---|" + "---:|" * len(pred_order))
     for v in verdict_order:
         lines.append(f"| {v} | " + " | ".join(str(int(tab.loc[v, p])) for p in pred_order) + " |")
+    return lines
+
+
+def _separation_lines(separation: pd.DataFrame) -> list[str]:
+    evals = ordered(separation["evaluation"].unique().tolist(), EVALUATIONS)
+    fams = ordered(separation["family"].unique().tolist(), CLAIM_FAMILIES)
+    lines = [
+        "| claim family | " + " | ".join(_evaluation_label(e) for e in evals) + " |",
+        "|---|" + "---:|" * len(evals),
+    ]
+    for fam in fams:
+        cells = []
+        for ev in evals:
+            hit = separation[(separation["family"] == fam) & (separation["evaluation"] == ev)]
+            if hit.empty:
+                cells.append("·")
+                continue
+            s = hit.iloc[0]
+            value = "n/a" if not math.isfinite(float(s["auc"])) else f"{float(s['auc']):.3f}"
+            cells.append(f"{value} ({int(s['not_aligned'])} / {int(s['aligned'])})")
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _disagreement_line(r: pd.Series) -> str:
+    return (
+        f"- {r['network']} {r['layer']} {r['family']} ({r['dataset']}): **{r['verdict']}** "
+        f"(predicted {r['prediction']}); effect {r['effect']:.3g} "
+        f"[{r['effect_low']:.3g}, {r['effect_high']:.3g}] at magnitude "
+        f"{r['largest_magnitude']:g} ({_plural(int(r['magnitudes']), 'magnitude')}), floor "
+        f"{r['floor']:.3g}, resolution {r['resolution']:.3g}: {disagreement_reason(r)}"
+    )
+
+
+def claims_summary_markdown(claims: pd.DataFrame, separation: pd.DataFrame | None = None) -> str:
+    """A Markdown summary of the claims table, per evaluation (dense first).
+
+    Args:
+        claims: the claims table (:data:`featalign.summary.claims.CLAIMS_COLUMNS`).
+        separation: its separation table (:func:`featalign.summary.separation.separation_table`);
+            computed from ``claims`` when None.
+
+    Returns:
+        Markdown: per evaluation, the agreement counts (agree; disagree, inconclusive
+        and unresolved counted apart; n/a) and the verdict × prediction cross-tab;
+        the separation per claim family × evaluation; every disagreement
+        (``agreement == "no"``) with its effect and interval, floor, resolution,
+        largest magnitude, verdict, prediction and :func:`disagreement_reason`.
+
+    Raises:
+        ValueError: if the table lacks a column.
+    """
+    check_columns(claims, list(_NEEDED), "claims")
+    if separation is None:
+        separation = separation_table(claims)
+    margins = sorted(set(claims["margin"].dropna())) if "margin" in claims else []
+    margin = f", τ = {', '.join(f'{m:g}' for m in margins)}" if margins else ""
+    lines = [
+        (
+            f"**{len(claims)} claims** ({_plural(claims['network'].nunique(), 'network')}, "
+            f"{_plural(claims['dataset'].nunique(), 'dataset')}{margin}); dense verdicts judge the "
+            "theorem, as-built verdicts what a spatial transformer on the real network faces."
+        ),
+        "",
+    ]
+    evals = ordered(claims["evaluation"].unique().tolist(), EVALUATIONS)
+    for ev in evals:
+        sub = claims[claims["evaluation"] == ev]
+        lines += [f"#### {_evaluation_label(ev)}", "", _counts_line(sub), ""]
+        lines += _crosstab(sub)
+        lines.append("")
+    lines += [
+        "#### Separation",
+        "",
+        "AUC of effect − resolution between the claims predicted not aligned and those "
+        "predicted aligned (1: perfect, 0.5: none; in brackets: not aligned / aligned "
+        "claims; n/a: one population is empty).",
+        "",
+    ]
+    lines += _separation_lines(separation)
     lines.append("")
     bad = claims[claims["agreement"] == "no"]
     if bad.empty:
         lines.append("No disagreements.")
-    else:
-        lines.append(f"**Disagreements** ({len(bad)}):")
+    for ev in evals:
+        here = bad[bad["evaluation"] == ev]
+        if here.empty:
+            continue
+        lines += [f"**Disagreements, {_evaluation_label(ev)}** ({len(here)}):", ""]
+        lines += [_disagreement_line(r) for _, r in here.iterrows()]
         lines.append("")
-        for _, r in bad.iterrows():
-            lines.append(
-                f"- {r['network']} {r['layer']} {r['family']} ({r['dataset']}): {r['verdict']} "
-                f"(predicted {r['prediction']}), excess mean {r['excess_mean']:.3g} "
-                f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
-            )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip("\n") + "\n"
