@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.colors
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -17,16 +18,30 @@ from featalign.figures.error_vs_magnitude import plot_error_vs_magnitude
 from featalign.figures.example_maps import default_transform, example_panels
 from featalign.figures.example_panel import plot_example_panel
 from featalign.figures.excess_vs_depth import excess_by_depth, plot_excess_vs_depth
-from featalign.figures.style import DISAGREEMENT_MARK, MAGNITUDE_LABELS, family_label
+from featalign.figures.separation import plot_separation, separation_points
+from featalign.figures.style import (
+    DISAGREEMENT_MARK,
+    MAGNITUDE_LABELS,
+    UNRESOLVED_MARK,
+    VERDICT_COLOURS,
+    family_label,
+)
 from featalign.figures.training_curve import plot_training_curve
 from featalign.figures.verdict_grid import plot_verdict_grid
-from featalign.summary import CLAIMS_COLUMNS, ERRORS_COLUMNS, claim_family, claims_table
+from featalign.summary import (
+    CLAIMS_COLUMNS,
+    ERRORS_COLUMNS,
+    claim_family,
+    claims_table,
+    separation_table,
+)
 
 NETWORKS = ("generic", "invariant")
 LAYERS = (("conv1", 0, 1, 4), ("conv2", 1, 2, 6))  # name, depth, stride, channels
 SWEEP = {"translation": (1.0, 2.0, 4.0), "rotation": (15.0, 30.0, 90.0), "shear": (0.1, 0.2, 0.3)}
 MEASURES = ("none", "oracle", "affine", "dense", "mixing", "input", "constant")
 SAMPLES = 4
+TAU = 0.001
 
 
 # --------------------------------------------------------------------------- synthetic inputs
@@ -34,49 +49,61 @@ SAMPLES = 4
 
 @pytest.fixture(scope="module")
 def errors() -> pd.DataFrame:
-    """2 networks × 2 layers × 3 families × 3 magnitudes × 4 samples × 7 measures."""
+    """2 networks × 2 layers × 2 evaluations × 3 families × 3 magnitudes × 4 samples × 7
+    measures; dense evaluation (stride 1) aligns every shift, the maps as built of the
+    strided layer carry some aliasing on top."""
     rng = np.random.default_rng(0)
     rows = []
     for net in NETWORKS:
-        for layer, depth, stride, channels in LAYERS:
-            t = 0
-            for fam, mags in SWEEP.items():
-                for mag in mags:
-                    cf = claim_family(fam, mag, stride)
-                    for s in range(SAMPLES):
-                        floor = 1e-3 * (1 + rng.random())
-                        aligned = fam == "translation" or (net == "invariant" and fam == "rotation")
-                        excess = 0.0 if aligned else 0.02 * (depth + 1) * (1 + rng.random())
-                        affine = floor + excess
-                        values = {
-                            "none": 0.5 + 0.3 * rng.random(),
-                            "oracle": 1.3 * affine,
-                            "affine": affine,
-                            "dense": 0.95 * affine + 0.05 * floor,
-                            "mixing": 0.05,
-                            "input": floor,
-                            "constant": 1.0,
-                        }
-                        for m in MEASURES:
-                            rows.append(
-                                {
-                                    "dataset": "toy",
-                                    "network": net,
-                                    "layer": layer,
-                                    "depth": depth,
-                                    "stride": stride,
-                                    "channels": channels,
-                                    "sample": s,
-                                    "transform": t,
-                                    "family": fam,
-                                    "claim_family": cf,
-                                    "magnitude": mag,
-                                    "measure": m,
-                                    "error": values[m],
-                                }
+        for layer, depth, layer_stride, channels in LAYERS:
+            for evaluation in ("as_built", "dense"):
+                stride = layer_stride if evaluation == "as_built" else 1
+                t = 0
+                for fam, mags in SWEEP.items():
+                    for mag in mags:
+                        cf = claim_family(fam, mag, stride)
+                        for s in range(SAMPLES):
+                            floor = 1e-3 * (1 + rng.random())
+                            aligned = cf == "translation" or (
+                                net == "invariant" and fam == "rotation"
                             )
-                    t += 1
-    return pd.DataFrame(rows, columns=list(ERRORS_COLUMNS))
+                            growth = 1 + SWEEP[fam].index(mag)  # rises with the magnitude
+                            excess = 0.0 if aligned else 0.01 * growth * (depth + 1)
+                            excess *= 1 + rng.random()
+                            if stride > 1:
+                                excess += 0.01  # aliasing
+                            affine = floor + excess
+                            values = {
+                                "none": 0.5 + 0.3 * rng.random(),
+                                "oracle": 1.3 * affine,
+                                "affine": affine,
+                                "dense": 0.95 * affine + 0.05 * floor,
+                                "mixing": 0.05,
+                                "input": floor,
+                                "constant": 1.0,
+                            }
+                            for m in MEASURES:
+                                rows.append(
+                                    {
+                                        "dataset": "toy",
+                                        "network": net,
+                                        "layer": layer,
+                                        "evaluation": evaluation,
+                                        "depth": depth,
+                                        "stride": stride,
+                                        "layer_stride": layer_stride,
+                                        "channels": channels,
+                                        "sample": s,
+                                        "transform": t,
+                                        "family": fam,
+                                        "claim_family": cf,
+                                        "magnitude": mag,
+                                        "measure": m,
+                                        "error": values[m],
+                                    }
+                                )
+                        t += 1
+    return pd.DataFrame(rows)[list(ERRORS_COLUMNS)]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +111,7 @@ def claims(errors) -> pd.DataFrame:
     # "invariant" declares rotation: its rotation claims are predicted aligned; declaring
     # shear for "generic" makes its (unaligned) shear claims disagree.
     table = claims_table(
-        errors, {"generic": ["shear"], "invariant": ["rotation"]}, margin=0.005, resamples=200
+        errors, {"generic": ["shear"], "invariant": ["rotation"]}, margin=TAU, resamples=200
     )
     return table
 
@@ -115,13 +142,26 @@ class TestErrorVsMagnitude:
         fig = plot_error_vs_magnitude(errors, "toy", "generic", png, pdf, resamples=100)
         _check_files(png, pdf)
         grid = [ax for ax in fig.axes if ax.get_subplotspec() is not None]
-        assert len(grid) == len(LAYERS) * len(SWEEP)
+        # conv1 (stride 1: its maps as built are the dense maps) one row, conv2 two
+        assert len(grid) == 3 * len(SWEEP)
         xlabels, ylabels = _labels(fig)
         assert {MAGNITUDE_LABELS[f] for f in SWEEP} <= xlabels
-        assert {"conv1\nrelative error", "conv2\nrelative error"} <= ylabels
+        assert {
+            "conv1\nrelative error",
+            "conv2, dense\nrelative error",
+            "conv2, as built (stride 2)\nrelative error",
+        } == ylabels - {""}
         assert all(ax.get_yscale() == "log" for ax in grid)
         # one line per measure in each facet
         assert len(grid[0].get_lines()) >= len(MEASURES)
+
+    def test_rows_without_evaluation(self, errors, tmp_path):
+        # a table from before dense evaluation: one row per layer, as built
+        built = errors[errors["evaluation"] == "as_built"].drop(columns=["evaluation"])
+        fig = plot_error_vs_magnitude(
+            built, "toy", "generic", tmp_path / "e.png", tmp_path / "e.pdf", resamples=50
+        )
+        assert _labels(fig)[1] - {""} == {"conv1\nrelative error", "conv2\nrelative error"}
 
     def test_exception(self, errors, tmp_path):
         with pytest.raises(ValueError, match="no errors for dataset 'toy', network 'nope'"):
@@ -134,7 +174,7 @@ class TestErrorVsMagnitude:
 class TestExcessVsDepth:
     def test_smoke(self, errors, tmp_path):
         png, pdf = tmp_path / "x.png", tmp_path / "x.pdf"
-        fig = plot_excess_vs_depth(errors, "toy", png, pdf, margin=0.005, resamples=100)
+        fig = plot_excess_vs_depth(errors, "toy", png, pdf, margin=TAU, resamples=100)
         _check_files(png, pdf)
         xlabels, _ylabels = _labels(fig)
         assert "layer depth (0 = first layer)" in xlabels
@@ -142,14 +182,18 @@ class TestExcessVsDepth:
         visible = [ax for ax in fig.axes if ax.get_visible()]
         families = set(errors["claim_family"])
         assert len(visible) == len(families)
-        # the margin is drawn as a dashed horizontal line in each facet
+        # τ is drawn as a dashed horizontal line in each facet
         for ax in visible:
             dashed = [
                 ln
                 for ln in ax.get_lines()
-                if ln.get_linestyle() == "--" and np.allclose(ln.get_ydata(), 0.005)
+                if ln.get_linestyle() == "--" and np.allclose(ln.get_ydata(), TAU)
             ]
             assert len(dashed) == 1
+            # dense solid, as built dotted (sub-stride shifts exist as built only)
+            styles = {ln.get_gid(): ln.get_linestyle() for ln in ax.get_lines() if ln.get_gid()}
+            want = {"as_built": ":"} if "sub-stride" in ax.get_title() else {}
+            assert styles == (want or {"dense": "-", "as_built": ":"})
 
     def test_exception(self, errors, tmp_path):
         with pytest.raises(ValueError, match="no errors for dataset 'other'"):
@@ -168,7 +212,7 @@ class TestSameNumbersAsClaims:
     """The excess figure shows claims.csv's numbers, given the same claims config and seed."""
 
     # what the summarize rule and the figure rule both receive (config claims, seed)
-    CLAIMS = {"margin": 0.005, "confidence": 0.9, "bootstrap": 300}
+    CLAIMS = {"margin": TAU, "confidence": 0.9, "bootstrap": 300}
     SEED = 3
     INVARIANCES = {"generic": ["shear"], "invariant": ["rotation"]}
 
@@ -193,7 +237,7 @@ class TestSameNumbersAsClaims:
             resamples=self.CLAIMS["bootstrap"],
             seed=self.SEED,
         )
-        keys = ["family", "network", "depth"]
+        keys = ["family", "network", "evaluation", "depth"]
         cols = ["excess_mean", "ci_low", "ci_high", "problems"]
         want = claims[claims["dataset"] == dataset].set_index(keys)[cols].sort_index()
         got = shown.rename(
@@ -206,7 +250,8 @@ class TestSameNumbersAsClaims:
             }
         )
         got = got.set_index(keys)[cols].sort_index()
-        assert len(want) == len(got) > 10
+        assert len(want) == len(got) > 20
+        assert set(want.index.get_level_values("evaluation")) == {"dense", "as_built"}
         assert (want["ci_low"] < want["ci_high"]).any()  # real intervals, not constants
         pd.testing.assert_frame_equal(got, want, check_exact=True)
 
@@ -231,14 +276,18 @@ class TestSameNumbersAsClaims:
             lines = [ln for ln in ax.get_lines() if ln.get_label() in NETWORKS]
             assert len(lines) == len(ax.collections)  # one band per line, in line order
             for line, band in zip(lines, ax.collections):
-                rows = claims[(claims["network"] == line.get_label()) & (claims["family"] == fam)]
+                rows = claims[
+                    (claims["network"] == line.get_label())
+                    & (claims["evaluation"] == line.get_gid())
+                    & (claims["family"] == fam)
+                ]
                 rows = rows.sort_values("depth")
                 assert np.array_equal(line.get_xdata(), rows["depth"].to_numpy())
                 assert np.array_equal(line.get_ydata(), rows["excess_mean"].to_numpy())
                 band_y = set(band.get_paths()[0].vertices[:, 1].tolist())
                 assert set(rows["ci_low"]) | set(rows["ci_high"]) <= band_y
                 checked += 1
-        assert checked == len(claims.groupby(["network", "family"]))
+        assert checked == len(claims.groupby(["network", "evaluation", "family"]))
 
 
 # --------------------------------------------------------------------------- 3. verdict grid
@@ -250,47 +299,51 @@ class TestVerdictGrid:
         png, pdf = tmp_path / "v.png", tmp_path / "v.pdf"
         fig = plot_verdict_grid(claims, png, pdf)
         _check_files(png, pdf)
+        assert [ax.get_gid() for ax in fig.axes] == ["dense", "as_built"]  # dense first
+        first = fig.axes[0]
+        labels = [lab.get_text() for lab in first.get_yticklabels()]
+        for ax in fig.axes:
+            ev = ax.get_gid()
+            marks = [t for t in ax.texts if t.get_gid() == "disagreement"]
+            assert all(t.get_text() == DISAGREEMENT_MARK for t in marks)
+            rows = labels  # every grid has the same rows, labelled on the first
+            cols = [lab.get_text() for lab in ax.get_xticklabels()]
+            got = {
+                (rows[round(t.get_position()[1])], cols[round(t.get_position()[0])]) for t in marks
+            }
+            want = {
+                (f"{r.dataset} / {r.network} / {r.layer}", family_label(r.family))
+                for r in claims.itertuples()
+                if r.agreement == "no" and r.evaluation == ev
+            }
+            assert got == want and len(marks) == len(want)
+            n_pred = int(((claims["evaluation"] == ev) & (claims["agreement"] != "n/a")).sum())
+            assert f"of {n_pred} predictions confirmed" in ax.get_title(loc="left")
+        assert first.get_ylabel() == "dataset / network / layer"
+
+    def test_unresolved_has_its_colour_and_mark(self, tmp_path):
+        table = _claims_rows(2, verdicts=("unresolved", "aligned", "inconclusive"))
+        table.loc[0, "agreement"] = "no"  # unresolved with a prediction: a disagreement
+        table.loc[1, ["prediction", "agreement"]] = ["none", "n/a"]  # unresolved, no prediction
+        fig = plot_verdict_grid(table, tmp_path / "u.png", tmp_path / "u.pdf")
         ax = fig.axes[0]
-        marks = [t for t in ax.texts if t.get_gid() == "disagreement"]
-        assert all(t.get_text() == DISAGREEMENT_MARK for t in marks)
-        rows = [lab.get_text() for lab in ax.get_yticklabels()]
-        cols = [lab.get_text() for lab in ax.get_xticklabels()]
-        got = {(rows[round(t.get_position()[1])], cols[round(t.get_position()[0])]) for t in marks}
-        want = {
-            (f"{r.dataset} / {r.network} / {r.layer}", family_label(r.family))
-            for r in claims.itertuples()
-            if r.agreement == "no"
+        unresolved = [t for t in ax.texts if t.get_gid() == "unresolved"]
+        assert [t.get_text() for t in unresolved] == [UNRESOLVED_MARK] * 2
+        # both marks in a cell that is unresolved and disagrees, side by side
+        cross = [t for t in ax.texts if t.get_gid() == "disagreement"]
+        assert len(cross) == 1 and cross[0].get_position()[0] > unresolved[0].get_position()[0]
+        image = ax.get_images()[0]
+        rgba = image.cmap(image.norm(image.get_array()))
+        assert matplotlib.colors.to_hex(rgba[0, 0]) == VERDICT_COLOURS["unresolved"].lower()
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert f"unresolved ({UNRESOLVED_MARK})" in legend
+        assert VERDICT_COLOURS["unresolved"] not in {
+            VERDICT_COLOURS[v] for v in VERDICT_COLOURS if v != "unresolved"
         }
-        assert got == want and len(marks) == len(want)
-        assert ax.get_ylabel() == "dataset / network / layer"
 
     def test_size_grows_with_rows(self, tmp_path):
-        def table(n_rows: int) -> pd.DataFrame:
-            rows = []
-            for i in range(n_rows):
-                for fam in ("translation", "rotation", "shear"):
-                    rows.append(
-                        {
-                            "dataset": "d",
-                            "network": f"net{i // 4}",
-                            "layer": f"l{i % 4}",
-                            "depth": i % 4,
-                            "stride": 1,
-                            "family": fam,
-                            "problems": 4,
-                            "prediction": "aligned",
-                            "verdict": "aligned",
-                            "excess_mean": 0.0,
-                            "ci_low": 0.0,
-                            "ci_high": 0.0,
-                            "margin": 0.005,
-                            "agreement": "yes",
-                        }
-                    )
-            return pd.DataFrame(rows, columns=list(CLAIMS_COLUMNS))
-
-        small = plot_verdict_grid(table(4), tmp_path / "s.png", tmp_path / "s.pdf")
-        big = plot_verdict_grid(table(40), tmp_path / "b.png", tmp_path / "b.pdf")
+        small = plot_verdict_grid(_claims_rows(4), tmp_path / "s.png", tmp_path / "s.pdf")
+        big = plot_verdict_grid(_claims_rows(40), tmp_path / "b.png", tmp_path / "b.pdf")
         assert big.get_size_inches()[1] > 2 * small.get_size_inches()[1]
         # ≥ 8 pt labels at 0.24 in per row: the rows have room for their labels
         assert big.get_size_inches()[1] / 40 >= 8 / 72
@@ -301,6 +354,101 @@ class TestVerdictGrid:
             plot_verdict_grid(
                 pd.DataFrame(columns=list(CLAIMS_COLUMNS)), tmp_path / "a.png", tmp_path / "a.pdf"
             )
+
+
+def _claims_rows(
+    n_rows: int, verdicts: tuple[str, ...] = ("aligned", "aligned", "aligned")
+) -> pd.DataFrame:
+    """A claims table of ``n_rows`` dense layers × 3 families, all agreeing."""
+    rows = []
+    for i in range(n_rows):
+        for fam, v in zip(("translation", "rotation", "shear"), verdicts):
+            rows.append(
+                {
+                    "dataset": "d",
+                    "network": f"net{i // 4}",
+                    "layer": f"l{i % 4}",
+                    "evaluation": "dense",
+                    "depth": i % 4,
+                    "stride": 1,
+                    "family": fam,
+                    "problems": 4,
+                    "magnitudes": 2,
+                    "largest_magnitude": 1.0,
+                    "prediction": "aligned",
+                    "verdict": v,
+                    "effect": 0.0,
+                    "effect_low": 0.0,
+                    "effect_high": 0.0,
+                    "floor": 0.001,
+                    "resolution": 0.002,
+                    "excess_mean": 0.0,
+                    "ci_low": 0.0,
+                    "ci_high": 0.0,
+                    "margin": TAU,
+                    "agreement": "yes",
+                }
+            )
+    return pd.DataFrame(rows, columns=list(CLAIMS_COLUMNS))
+
+
+# --------------------------------------------------------------------------- 3b. separation
+
+
+class TestSeparation:
+    KW = dict(margin=TAU, resamples=200)
+
+    def test_points_are_the_claims(self, errors, claims):
+        points = separation_points(errors, claims, **self.KW)
+        assert set(points["prediction"]) == {"aligned", "not aligned"}
+        top = points[points["largest"]].rename(columns={"claim_family": "family"})
+        keys = ["dataset", "network", "layer", "evaluation", "family"]
+        want = claims[claims["prediction"] != "none"].set_index(keys).sort_index()
+        got = top.set_index(keys).sort_index()
+        assert len(got) == len(want) > 20
+        # the largest level's point is claims.csv's effect − resolution, to the bit
+        stat = (want["effect"] - want["resolution"]).rename("statistic")
+        pd.testing.assert_series_equal(got["statistic"], stat, check_exact=True)
+        # one point per level of each claim's sweep
+        levels = points.groupby(keys[:-1] + ["claim_family"])["level"].nunique()
+        assert levels.sort_index().tolist() == want["magnitudes"].tolist()
+        assert set(levels) == {1, 2, 3}
+
+    def test_smoke(self, errors, claims, tmp_path):
+        png, pdf = tmp_path / "s.png", tmp_path / "s.pdf"
+        fig = plot_separation(errors, claims, png, pdf, **self.KW)
+        _check_files(png, pdf)
+        panels = {ax.get_gid(): ax for ax in fig.axes if ax.get_visible()}
+        families = ["translation", "rotation90", "rotation", "shear"]  # those with a prediction
+        assert list(panels) == [f"{f}|{e}" for f in families for e in ("dense", "as_built")]
+        sep = separation_table(claims)
+        for r in sep[sep["family"].isin(families)].itertuples():
+            ax = panels[f"{r.family}|{r.evaluation}"]
+            auc = "n/a" if np.isnan(r.auc) else f"{r.auc:.2f}"
+            assert f"AUC {auc} ({r.not_aligned} / {r.aligned})" in ax.get_title()
+            assert ax.get_yscale() == "symlog"
+            # the filled points are the claims' effect − resolution, by population
+            sub = claims[(claims["family"] == r.family) & (claims["evaluation"] == r.evaluation)]
+            for pred in ("aligned", "not aligned"):
+                drawn = [c for c in ax.collections if c.get_gid() == f"{pred}|largest"]
+                want = sub[sub["prediction"] == pred]
+                ys = np.concatenate([c.get_offsets()[:, 1] for c in drawn]) if drawn else []
+                np.testing.assert_allclose(
+                    np.sort(ys), np.sort((want["effect"] - want["resolution"]).to_numpy())
+                )
+        shear = panels["shear|dense"]
+        assert [t.get_text() for t in shear.get_xticklabels()] == ["0.1", "0.2", "0.3"]
+        assert shear.get_xlabel() == MAGNITUDE_LABELS["shear"]
+        # generic shear is predicted aligned (declared), invariant shear not: both drawn
+        assert {c.get_gid() for c in shear.collections} >= {
+            "aligned|largest",
+            "not aligned|largest",
+        }
+
+    def test_exception(self, errors, claims, tmp_path):
+        none = claims.assign(prediction="none")
+        with pytest.raises(ValueError, match="nothing to separate"):
+            plot_separation(errors, none, tmp_path / "a.png", tmp_path / "a.pdf", **self.KW)
 
 
 # --------------------------------------------------------------------------- 4. example panel
@@ -534,7 +682,8 @@ class TestAffineVsOracle:
         assert "oracle error, $T_g^{-1}\\Gamma(T_g f)$" in xlabels
         assert "best affine warp error" in ylabels
         points = sum(len(c.get_offsets()) for c in visible[0].collections)
-        assert points == len(LAYERS) * 9 * SAMPLES
+        # conv1 once (stride 1: as built is dense), conv2 dense and as built
+        assert points == 3 * 9 * SAMPLES
 
     def test_exception(self, errors, tmp_path):
         with pytest.raises(ValueError, match="'affine' and 'oracle'"):

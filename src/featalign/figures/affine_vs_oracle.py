@@ -11,6 +11,8 @@ from matplotlib.lines import Line2D
 
 from featalign.figures.style import (
     LOG_FLOOR,
+    distinct_evaluations,
+    evaluation_label,
     facet_axes,
     family_label,
     family_palette,
@@ -18,11 +20,15 @@ from featalign.figures.style import (
     save,
     style,
 )
+from featalign.summary.claims import EVALUATIONS
 from featalign.summary.excess import problem_excess
 from featalign.summary.families import CLAIM_FAMILIES
 from featalign.summary.tables import ordered
 
-__all__ = ["plot_affine_vs_oracle"]
+__all__ = ["EVALUATION_MARKERS", "plot_affine_vs_oracle"]
+
+#: The marker of each evaluation.
+EVALUATION_MARKERS: dict[str, str] = {"dense": "o", "as_built": "X"}
 
 
 def plot_affine_vs_oracle(
@@ -30,9 +36,12 @@ def plot_affine_vs_oracle(
 ) -> Figure:
     """The best affine warp's error against the oracle's, one point per problem.
 
-    Log–log scatter with the diagonal y = x, hue by claim family, one facet per
-    network (all datasets and layers together). Points below the diagonal are
-    problems where the optimiser beat the inverse warp; errors ≤ 1e-6 are drawn at 1e-6.
+    Log–log scatter with the diagonal y = x, hue by claim family, marker by
+    evaluation (:data:`EVALUATION_MARKERS`; a layer with one set of maps, stride 1,
+    once, as dense: :func:`~featalign.figures.style.distinct_evaluations`), one facet
+    per network (all datasets and layers together). Points below
+    the diagonal are problems where the optimiser beat the inverse warp; errors
+    ≤ 1e-6 are drawn at 1e-6.
 
     Args:
         errors: the tidy errors table.
@@ -49,11 +58,13 @@ def plot_affine_vs_oracle(
     wide = problem_excess(errors)
     if "oracle" not in wide or wide[["affine", "oracle"]].isna().all().any():
         raise ValueError("the errors table needs both 'affine' and 'oracle' measures")
-    wide = wide.dropna(subset=["affine", "oracle"])
+    wide = distinct_evaluations(wide.dropna(subset=["affine", "oracle"])).copy()
     for m in ("affine", "oracle"):
         wide[m] = wide[m].clip(lower=LOG_FLOOR)
     networks = sorted(wide["network"].unique())
     families = ordered(wide["claim_family"].unique().tolist(), CLAIM_FAMILIES)
+    evaluations = ordered(wide["evaluation"].unique().tolist(), EVALUATIONS)
+    markers = {e: EVALUATION_MARKERS.get(e, "s") for e in evaluations}
     palette = family_palette()
     lo = float(min(wide["affine"].min(), wide["oracle"].min())) / 1.5
     hi = float(max(wide["affine"].max(), wide["oracle"].max())) * 1.5
@@ -69,6 +80,9 @@ def plot_affine_vs_oracle(
                 hue="claim_family",
                 hue_order=families,
                 palette=palette,
+                style="evaluation",
+                style_order=evaluations,
+                markers=markers,
                 s=12,
                 alpha=0.8,
                 linewidth=0,
@@ -96,7 +110,24 @@ def plot_affine_vs_oracle(
             )
             for f in families
         ]
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                marker=markers[e],
+                linestyle="",
+                markersize=5,
+                label=evaluation_label(e),
+            )
+            for e in evaluations
+        ]
         handles.append(Line2D([], [], color="0.3", linestyle="--", label="y = x"))
-        fig.legend(handles=handles, loc="outside right upper", title="claim family", frameon=False)
+        fig.legend(
+            handles=handles,
+            loc="outside right center",
+            title="claim family, evaluation",
+            frameon=False,
+        )
         fig.suptitle("What the optimiser gains over the inverse warp (relative errors)")
     return save(fig, png, pdf)

@@ -1,4 +1,8 @@
-"""Figure: relative error against transformation magnitude, per layer and family, per measure."""
+"""Figure: relative error against transformation magnitude, per layer and family, per measure.
+
+A strided layer gets two rows, dense first (shift-and-stitch, then the maps as
+built); a stride-1 layer one, where both evaluations are the same maps.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +29,43 @@ from featalign.figures.style import (
     save,
     style,
 )
-from featalign.summary.excess import mean_interval
+from featalign.summary.claims import EVALUATIONS
+from featalign.summary.excess import DEFAULT_EVALUATION, mean_interval
 from featalign.summary.tables import check_columns, ordered
 
-__all__ = ["plot_error_vs_magnitude"]
+__all__ = ["figure_rows", "plot_error_vs_magnitude"]
+
+
+def figure_rows(errors: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The figure's rows: (layer, evaluation, label), by depth, dense first.
+
+    A layer whose dense maps have the as-built stride (stride 1, or ``features.dense``
+    off) has one set of maps: it gets one row (dense), labelled with its name alone;
+    a strided layer one row per evaluation present.
+
+    Example:
+        >>> e = pd.DataFrame(dict(layer=["a", "a", "b", "b"], depth=[0, 0, 1, 1],
+        ...     evaluation=["as_built", "dense"] * 2, stride=[1, 1, 2, 1]))
+        >>> figure_rows(e)
+        [('a', 'dense', 'a'), ('b', 'dense', 'b, dense'), ('b', 'as_built', 'b, as built (stride 2)')]
+    """
+    out = []
+    layers = errors[["layer", "depth"]].drop_duplicates().sort_values(["depth", "layer"])
+    for layer in layers["layer"]:
+        here = errors[errors["layer"] == layer]
+        strides = here.groupby("evaluation")["stride"].max().to_dict()
+        evals = ordered(list(strides), EVALUATIONS)
+        if strides.get("as_built", strides.get("dense")) == strides.get("dense"):
+            evals = ["dense"]  # one set of maps: the dense evaluation is the as-built one
+        for ev in evals:
+            if len(evals) == 1:
+                label = str(layer)
+            elif ev == "as_built":
+                label = f"{layer}, as built (stride {int(strides[ev])})"
+            else:
+                label = f"{layer}, {ev}"
+            out.append((layer, ev, label))
+    return out
 
 
 def plot_error_vs_magnitude(
@@ -45,7 +82,8 @@ def plot_error_vs_magnitude(
 ) -> Figure:
     """Error against magnitude per family, one line per measure with a bootstrap interval.
 
-    Rows are the network's layers in depth order, columns the transformation
+    Rows are the network's layers in depth order, a strided layer's dense maps
+    above its maps as built (:func:`figure_rows`), columns the transformation
     families present (in :data:`featalign.geometry.FAMILIES` order). Lines are the
     mean over samples (and affine draws), bands the percentile-bootstrap interval
     of that mean (:func:`featalign.summary.excess.mean_interval`). The y axis is
@@ -81,19 +119,21 @@ def plot_error_vs_magnitude(
         have = sorted(set(zip(errors["dataset"], errors["network"])))
         raise ValueError(f"no errors for dataset {dataset!r}, network {network!r}; have {have}")
     sub["error"] = sub["error"].clip(lower=LOG_FLOOR)
-    layers = sub[["layer", "depth"]].drop_duplicates().sort_values("depth")["layer"].tolist()
+    if "evaluation" not in sub:
+        sub["evaluation"] = DEFAULT_EVALUATION
+    rows = figure_rows(sub)
     families = ordered(sub["family"].unique().tolist(), geometry.FAMILIES)
     order = [m for m in measures if m in set(sub["measure"])]
     palette = measure_palette()
     summary = mean_interval(
         sub,
-        ["layer", "family", "measure", "magnitude"],
+        ["layer", "evaluation", "family", "measure", "magnitude"],
         "error",
         confidence=confidence,
         resamples=resamples,
         seed=seed,
     )
-    nrows, ncols = len(layers), len(families)
+    nrows, ncols = len(rows), len(families)
     with style():
         fig, axes = plt.subplots(
             nrows,
@@ -103,10 +143,11 @@ def plot_error_vs_magnitude(
             sharey=True,
             layout="constrained",
         )
-        for i, layer in enumerate(layers):
+        for i, (layer, evaluation, label) in enumerate(rows):
+            row = summary[(summary["layer"] == layer) & (summary["evaluation"] == evaluation)]
             for j, fam in enumerate(families):
                 ax = axes[i, j]
-                cell = summary[(summary["layer"] == layer) & (summary["family"] == fam)]
+                cell = row[row["family"] == fam]
                 for k, m in enumerate(order):
                     line = cell[cell["measure"] == m]
                     if not line.empty:
@@ -120,7 +161,7 @@ def plot_error_vs_magnitude(
                         )
                 ax.set_yscale("log")
                 ax.set_xlabel(MAGNITUDE_LABELS.get(fam, "magnitude") if i == nrows - 1 else "")
-                ax.set_ylabel(f"{layer}\n{ERROR_LABEL}" if j == 0 else "")
+                ax.set_ylabel(f"{label}\n{ERROR_LABEL}" if j == 0 else "")
                 if i == 0:
                     ax.set_title(family_label(fam))
         handles = [

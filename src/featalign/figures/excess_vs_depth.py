@@ -3,7 +3,9 @@
 :func:`excess_by_depth` computes what the figure shows, with the claims table's
 estimator (:mod:`featalign.summary.excess`): for the same ``confidence``,
 ``resamples`` and ``seed``, each point and band is the ``excess_mean``, ``ci_low``
-and ``ci_high`` of that claim in ``claims.csv``.
+and ``ci_high`` of that claim (dataset × network × layer × evaluation × claim
+family) in ``claims.csv``. Dense evaluation is drawn solid, the maps as built
+dotted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from matplotlib.lines import Line2D
 
 from featalign.figures.style import (
     EXCESS_LABEL,
+    evaluation_label,
     facet_axes,
     family_label,
     interval_label,
@@ -25,11 +28,15 @@ from featalign.figures.style import (
     save,
     style,
 )
+from featalign.summary.claims import EVALUATIONS
 from featalign.summary.excess import mean_interval, problem_excess
 from featalign.summary.families import CLAIM_FAMILIES
 from featalign.summary.tables import ordered
 
-__all__ = ["excess_by_depth", "plot_excess_vs_depth"]
+__all__ = ["LINE_STYLES", "excess_by_depth", "plot_excess_vs_depth"]
+
+#: (line style, marker) of each evaluation.
+LINE_STYLES: dict[str, tuple[str, str]] = {"dense": ("-", "o"), "as_built": (":", "s")}
 
 
 def excess_by_depth(
@@ -40,7 +47,7 @@ def excess_by_depth(
     resamples: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """The mean excess and its bootstrap interval per claim family × network × depth.
+    """The mean excess and its bootstrap interval per claim family × network × evaluation × depth.
 
     Args:
         errors: the tidy errors table.
@@ -50,9 +57,10 @@ def excess_by_depth(
         seed: bootstrap seed (``seed``).
 
     Returns:
-        One row per claim family × network × depth:
-        ``claim_family, network, depth, mean, low, high, n, rows``
-        (:func:`featalign.summary.excess.mean_interval`).
+        One row per claim family × network × evaluation × depth:
+        ``claim_family, network, evaluation, depth, mean, low, high, n, rows``
+        (:func:`featalign.summary.excess.mean_interval`); a table without an
+        ``evaluation`` column is ``as_built``.
 
     Raises:
         ValueError: if the table has no rows for the dataset.
@@ -64,7 +72,7 @@ def excess_by_depth(
         )
     return mean_interval(
         problem_excess(sub),
-        ["claim_family", "network", "depth"],
+        ["claim_family", "network", "evaluation", "depth"],
         "excess",
         confidence=confidence,
         resamples=resamples,
@@ -84,12 +92,14 @@ def plot_excess_vs_depth(
     seed: int = 0,
     col_wrap: int = 4,
 ) -> Figure:
-    """The excess over the input floor against layer depth, one line per network, per claim family.
+    """The excess over the input floor against layer depth, per network and evaluation, per claim family.
 
-    Lines are the mean excess over the family's problems (samples × transforms) at
-    each depth, bands its bootstrap interval (:func:`excess_by_depth`) — the quantity
-    and the interval the verdicts judge. The y axis is symmetric-logarithmic (the
-    excess can be slightly negative), linear within ± margin / 5 (or ± 1e-3 without
+    Lines are the mean excess over the family's problems (samples × transforms, every
+    magnitude) at each depth, bands its bootstrap interval (:func:`excess_by_depth`):
+    ``excess_mean``, ``ci_low``, ``ci_high`` of ``claims.csv``. One colour per network,
+    dense evaluation solid, maps as built dotted (:data:`LINE_STYLES`); each line's
+    label is its network, its gid its evaluation. The y axis is symmetric-logarithmic
+    (the excess can be slightly negative), linear within ± margin (or ± 1e-3 without
     a margin).
 
     Args:
@@ -97,7 +107,8 @@ def plot_excess_vs_depth(
         dataset: which dataset.
         png: output PNG path.
         pdf: output PDF path.
-        margin: τ; drawn as a dashed horizontal line when given.
+        margin: τ, the optimiser's tolerance; drawn as a dashed horizontal line when
+            given (the verdicts compare the excess with the floor + τ, per magnitude).
         confidence: of each interval (the config's ``claims.confidence``).
         resamples: bootstrap resamples (``claims.bootstrap``).
         seed: bootstrap seed (``seed``).
@@ -115,8 +126,9 @@ def plot_excess_vs_depth(
     families = ordered(summary["claim_family"].unique().tolist(), CLAIM_FAMILIES)
     networks = sorted(summary["network"].unique())
     palette = dict(zip(networks, sns.color_palette("colorblind", len(networks))))
+    evaluations = ordered(summary["evaluation"].unique().tolist(), EVALUATIONS)
     depths = sorted(summary["depth"].unique())
-    linthresh = margin / 5 if margin and margin > 0 else 1e-3
+    linthresh = margin if margin and margin > 0 else 1e-3
     with style():
         fig, axes, ncols = facet_axes(len(families), col_wrap, facet=(2.3, 2.0), extra=(1.2, 1.1))
         flat = axes.ravel()
@@ -124,9 +136,14 @@ def plot_excess_vs_depth(
             ax = flat[k]
             cell = summary[summary["claim_family"] == fam]
             for net in networks:
-                line = cell[cell["network"] == net]
-                if not line.empty:
-                    line_with_band(ax, line, "depth", color=palette[net], marker="o", label=net)
+                for ev in evaluations:
+                    line = cell[(cell["network"] == net) & (cell["evaluation"] == ev)]
+                    if line.empty:
+                        continue
+                    style_, mark = LINE_STYLES.get(ev, ("--", "^"))
+                    line_with_band(ax, line, "depth", color=palette[net], marker=mark, label=net)
+                    ax.get_lines()[-1].set_linestyle(style_)
+                    ax.get_lines()[-1].set_gid(ev)
             if margin is not None:
                 ax.axhline(margin, color="0.2", linestyle="--", linewidth=1.0)
             ax.axhline(0.0, color="0.6", linewidth=0.6)
@@ -138,10 +155,21 @@ def plot_excess_vs_depth(
         handles = [
             Line2D([], [], color=palette[n], marker="o", markersize=4, label=n) for n in networks
         ]
-        if margin is not None:
+        for ev in evaluations:
+            style_, mark = LINE_STYLES.get(ev, ("--", "^"))
             handles.append(
-                Line2D([], [], color="0.2", linestyle="--", label=f"margin τ = {margin:g}")
+                Line2D(
+                    [],
+                    [],
+                    color="0.3",
+                    linestyle=style_,
+                    marker=mark,
+                    markersize=4,
+                    label=evaluation_label(ev),
+                )
             )
+        if margin is not None:
+            handles.append(Line2D([], [], color="0.2", linestyle="--", label=f"τ = {margin:g}"))
         fig.legend(handles=handles, loc="outside right upper", title="network", frameon=False)
         fig.suptitle(
             f"Excess over the input floor against depth ({dataset}; "
