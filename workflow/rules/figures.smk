@@ -75,6 +75,31 @@ rule figure_verdict_grid:
         "../scripts/figure_verdict_grid.py"
 
 
+rule figure_separation:
+    input:
+        errors="results/tables/errors.csv",
+        claims="results/tables/claims.csv",
+    output:
+        png=report(
+            "results/figures/separation.png",
+            caption="../report/separation.rst",
+            category="Claims",
+        ),
+        pdf="results/figures/separation.pdf",
+    log:
+        "logs/figures/separation.log",
+    benchmark:
+        "logs/figures/separation.tsv"
+    conda:
+        "../../environment.yml"
+    params:
+        code=code("figure_separation.py"),
+        claims=config["claims"],
+        seed=config["seed"],
+    script:
+        "../scripts/figure_separation.py"
+
+
 rule figure_affine_vs_oracle:
     input:
         "results/tables/errors.csv",

@@ -1,4 +1,4 @@
-# Tidy tables and verdicts: results/tables/errors.csv, results/tables/claims.csv
+# Tidy tables and verdicts: results/tables/errors.csv, claims.csv, separation.csv
 
 
 rule summarize:
@@ -9,6 +9,11 @@ rule summarize:
         claims=report(
             "results/tables/claims.csv",
             caption="../report/claims.rst",
+            category="Claims",
+        ),
+        separation=report(
+            "results/tables/separation.csv",
+            caption="../report/separation_table.rst",
             category="Claims",
         ),
         summary="results/tables/claims_summary.md",

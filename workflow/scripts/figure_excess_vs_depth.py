@@ -1,14 +1,13 @@
 """Adapter: errors.csv -> featalign.figures.excess_vs_depth, with the claims' interval."""
 
-import pandas as pd
-
 from featalign.figures.excess_vs_depth import plot_excess_vs_depth
 from featalign.runtime import log_to
+from featalign.summary.claims import read_table
 
 log_to(snakemake.log[0])  # noqa: F821
 out, claims = snakemake.output, snakemake.params.claims  # noqa: F821
 plot_excess_vs_depth(
-    pd.read_csv(snakemake.input[0]),  # noqa: F821
+    read_table(snakemake.input[0]),  # noqa: F821
     snakemake.wildcards.dataset,  # noqa: F821
     out.png,
     out.pdf,

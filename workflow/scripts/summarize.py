@@ -1,10 +1,12 @@
-"""Adapter: alignment files -> featalign.summary -> errors.csv, claims.csv, claims_summary.md."""
+"""Adapter: alignment files -> featalign.summary -> errors.csv, claims.csv, separation.csv,
+claims_summary.md."""
 
 from featalign.io import atomic_path
 from featalign.runtime import log_to
-from featalign.summary.claims import claims_table
+from featalign.summary.claims import EVALUATIONS, claims_table
 from featalign.summary.markdown import claims_summary_markdown, verdict_grid_markdown
-from featalign.summary.tables import errors_table
+from featalign.summary.separation import separation_table
+from featalign.summary.tables import errors_table, ordered
 
 log_to(snakemake.log[0])  # noqa: F821
 claims_cfg = snakemake.params.claims  # noqa: F821
@@ -17,13 +19,17 @@ claims = claims_table(
     resamples=claims_cfg["bootstrap"],
     seed=snakemake.params.seed,  # noqa: F821
 )
+separation = separation_table(claims)
 with atomic_path(snakemake.output.errors) as tmp:  # noqa: F821
     errors.to_csv(tmp, index=False)
 with atomic_path(snakemake.output.claims) as tmp:  # noqa: F821
     claims.to_csv(tmp, index=False)
+with atomic_path(snakemake.output.separation) as tmp:  # noqa: F821
+    separation.to_csv(tmp, index=False)
 grids = [
-    f"\n### Verdict grid: {d}\n\n{verdict_grid_markdown(claims, d)}\n"
+    f"\n### Verdict grid: {d}, {e.replace('_', ' ')}\n\n{verdict_grid_markdown(claims, d, e)}\n"
+    for e in ordered(claims["evaluation"].unique().tolist(), EVALUATIONS)
     for d in claims["dataset"].unique()
 ]
 with atomic_path(snakemake.output.summary) as tmp:  # noqa: F821
-    tmp.write_text(claims_summary_markdown(claims) + "".join(grids))
+    tmp.write_text(claims_summary_markdown(claims, separation) + "".join(grids))
