@@ -26,10 +26,6 @@ TAU = 0.001
 
 #: README "Verdicts" rule 1 (unresolved if some hi_m < −r_m, r_m = F_m + τ) cannot fire on
 #: non-negative errors; left for the rule's author (tests below), not tuned here.
-RULE_1_UNREACHABLE = (
-    "README rule 1 compares hi_m with −(F_m + τ), but excess ≥ −input per problem, so "
-    "Ē_m ≥ −F_m: a negative-excess claim is judged aligned, not unresolved"
-)
 FLOOR = 0.002  # the input error of every problem below: resolution = FLOOR + TAU = 0.003
 
 
@@ -80,38 +76,39 @@ def judge(errors: pd.DataFrame, invariances=None) -> pd.Series:
 class TestVerdictFunction:
     def test_branches(self):
         r = [0.003, 0.003]
-        assert verdict([0.0, 0.001], [-0.001, -0.001], [0.001, 0.003], r) == "aligned"
-        assert verdict([0.01, 0.05], [0.005, 0.04], [0.02, 0.06], r) == "not aligned"
+        assert verdict([0.0, 0.001], [-0.001, -0.001], [0.001, 0.003], r, TAU) == "aligned"
+        assert verdict([0.01, 0.05], [0.005, 0.04], [0.02, 0.06], r, TAU) == "not aligned"
         # clearly above at the largest magnitude, but falling with it: no dose response
-        assert verdict([0.05, 0.01], [0.04, 0.005], [0.06, 0.02], r) == "inconclusive"
+        assert verdict([0.05, 0.01], [0.04, 0.005], [0.06, 0.02], r, TAU) == "inconclusive"
         # straddles the resolution at the largest magnitude
-        assert verdict([0.01, 0.01], [0.005, 0.002], [0.02, 0.02], r) == "inconclusive"
-        # below −r at one magnitude: unresolved before anything else, even a clear effect
-        assert verdict([-0.01, 0.05], [-0.02, 0.04], [-0.005, 0.06], r) == "unresolved"
+        assert verdict([0.01, 0.01], [0.005, 0.002], [0.02, 0.02], r, TAU) == "inconclusive"
+        # below −τ at one magnitude: unresolved before anything else, even a clear effect
+        assert verdict([-0.01, 0.05], [-0.02, 0.04], [-0.005, 0.06], r, TAU) == "unresolved"
 
     def test_boundaries(self):
-        # hi = r is within the resolution; hi = −r is not below it; lo = r is not above it
-        assert verdict([0.0], [-0.003], [0.003], [0.003]) == "aligned"
-        assert verdict([0.01], [0.003], [0.02], [0.003]) == "inconclusive"
-        assert verdict([-0.004], [-0.005], [-0.003], [0.003]) == "aligned"
+        # hi = r is within the resolution; hi = −τ is not below −τ; lo = r is not above r
+        assert verdict([0.0], [-0.003], [0.003], [0.003], TAU) == "aligned"
+        assert verdict([0.01], [0.003], [0.02], [0.003], TAU) == "inconclusive"
+        assert verdict([-0.002], [-0.003], [-TAU], [0.003], TAU) == "aligned"
+        assert verdict([-0.002], [-0.003], [-0.0011], [0.003], TAU) == "unresolved"
         # a single level: the dose response is trivially met
-        assert verdict([0.01], [0.004], [0.02], [0.003]) == "not aligned"
+        assert verdict([0.01], [0.004], [0.02], [0.003], TAU) == "not aligned"
         # equal means at both ends meet Ē_M ≥ Ē_1
-        assert verdict([0.01, 0.01], [0.005, 0.005], [0.02, 0.02], [0.003] * 2) == "not aligned"
+        assert verdict([0.01, 0.01], [0.005, 0.005], [0.02, 0.02], [0.003] * 2, TAU) == "not aligned"
 
     def test_nan_levels(self):
         nan = math.nan
         # a level without a finite excess can neither make every level aligned ...
-        assert verdict([0.0, nan], [0.0, nan], [0.0, nan], [0.003, nan]) == "inconclusive"
+        assert verdict([0.0, nan], [0.0, nan], [0.0, nan], [0.003, nan], TAU) == "inconclusive"
         # ... nor stand for the largest magnitude, nor make the claim unresolved
-        assert verdict([0.05, nan], [0.04, nan], [0.06, nan], [0.003, nan]) == "inconclusive"
-        assert verdict([0.0, 0.05], [nan, 0.04], [nan, 0.06], [0.003] * 2) == "not aligned"
+        assert verdict([0.05, nan], [0.04, nan], [0.06, nan], [0.003, nan], TAU) == "inconclusive"
+        assert verdict([0.0, 0.05], [nan, 0.04], [nan, 0.06], [0.003] * 2, TAU) == "not aligned"
 
     def test_exception(self):
         with pytest.raises(ValueError, match="equal, non-empty"):
-            verdict([], [], [], [])
+            verdict([], [], [], [], TAU)
         with pytest.raises(ValueError, match="equal, non-empty"):
-            verdict([0.0], [0.0, 0.0], [0.0], [0.0])
+            verdict([0.0], [0.0, 0.0], [0.0], [0.0], TAU)
 
 
 class TestClaimsTableRule:
@@ -141,21 +138,24 @@ class TestClaimsTableRule:
         assert row.effect_low <= row.resolution < row.effect_high
         assert row.verdict == "inconclusive" and row.agreement == "no"
 
-    @pytest.mark.xfail(strict=True, reason=RULE_1_UNREACHABLE)
     def test_unresolved_negative_excess(self):
-        # the evidence issue's case: excess −0.031 [−0.06, 0.0005], the input floor (0.07)
-        # worse than the best warp (the small-map case); the issue wants it unresolved
-        row = judge(claim_errors({0.2: [-0.065, -0.06, -0.005, 0.006]}, floor=0.07))
-        assert row.verdict == "unresolved"
+        # the evidence issue's case (d4_pooled block3 on 8×8 maps): excess −0.031
+        # [−0.066, −0.009], the input floor worse than the best warp: no resolution
+        row = judge(claim_errors({0.2: [-0.066, -0.04, -0.01, -0.009]}, floor=0.07))
+        assert row.effect_high < -TAU
+        assert row.verdict == "unresolved" and row.agreement == "no"
 
-    def test_rule_1_unreachable_from_real_errors(self):
-        # why the test above fails: an error is ≥ 0, so each excess is ≥ −input, the mean
-        # Ē_m ≥ −F_m and its interval's top hi_m does not fall below −F_m − τ = −r_m;
-        # as written, the rule calls the issue's negative-excess case aligned
-        row = judge(claim_errors({0.2: [-0.065, -0.06, -0.005, 0.006]}, floor=0.07))
-        assert row.effect == pytest.approx(-0.031)
-        assert -row.resolution < row.effect_high <= row.resolution
-        assert row.verdict == "aligned"
+    def test_negative_within_tau_is_not_unresolved(self):
+        # an exact control a hair below the floor (the optimiser's rounding): aligned
+        row = judge(claim_errors({0.2: [-1e-4, -2e-4, -1e-4, -1.5e-4]}))
+        assert row.effect_high < 0 and row.verdict == "aligned"
+
+    def test_why_the_bound_is_tau_not_the_resolution(self):
+        # each excess is ≥ −input, so Ē_m ≥ −F_m and hi_m never falls below −(F_m + τ):
+        # the first wording of rule 1 (README erratum) could not fire on real errors
+        row = judge(claim_errors({0.2: [-0.07, -0.07, -0.07, -0.07]}, floor=0.07))
+        assert row.effect_high >= -row.resolution
+        assert row.verdict == "unresolved"
 
     def test_dose_response_failing(self):
         falling = judge(claim_errors({0.2: [0.1, 0.11, 0.1, 0.09], 0.5: [0.05, 0.06, 0.05, 0.04]}))

@@ -14,7 +14,8 @@ Magnitudes are ordered by their deformation
 (:func:`featalign.summary.families.deformation`); magnitudes of equal
 deformation are pooled into one level. The verdict (:func:`verdict`), in order:
 
-1. ``unresolved`` if at some level hi_m < −r_m;
+1. ``unresolved`` if at some level hi_m < −τ (README's erratum: −r_m is unreachable,
+   since each excess is ≥ −input);
 2. ``aligned`` if at every level hi_m ≤ r_m;
 3. ``not aligned`` if at the largest level lo_M > r_M and Ē_M ≥ Ē_1 (the smallest);
 4. ``inconclusive`` otherwise.
@@ -128,6 +129,7 @@ def verdict(
     low: Sequence[float],
     high: Sequence[float],
     resolution: Sequence[float],
+    tau: float,
 ) -> str:
     """The verdict of one claim from its levels, ordered from the smallest deformation up.
 
@@ -136,6 +138,7 @@ def verdict(
         low: lo_m, the low end of its interval.
         high: hi_m, the high end.
         resolution: r_m = F_m + τ.
+        tau: τ, the optimiser's tolerance (``claims.margin``).
 
     Returns:
         ``unresolved``, ``aligned``, ``not aligned`` or ``inconclusive`` (the module's
@@ -145,13 +148,13 @@ def verdict(
         ValueError: if the sequences differ in length or are empty.
 
     Example:
-        >>> verdict([0.0, 0.0], [-1e-4, -1e-4], [1e-4, 2e-4], [0.002, 0.002])
+        >>> verdict([0.0, 0.0], [-1e-4, -1e-4], [1e-4, 2e-4], [0.002, 0.002], 0.001)
         'aligned'
-        >>> verdict([0.01, 0.05], [0.005, 0.04], [0.02, 0.06], [0.002, 0.002])
+        >>> verdict([0.01, 0.05], [0.005, 0.04], [0.02, 0.06], [0.002, 0.002], 0.001)
         'not aligned'
-        >>> verdict([0.05, 0.01], [0.04, 0.005], [0.06, 0.02], [0.002, 0.002])
+        >>> verdict([0.05, 0.01], [0.04, 0.005], [0.06, 0.02], [0.002, 0.002], 0.001)
         'inconclusive'
-        >>> verdict([-0.03], [-0.06], [-0.01], [0.002])
+        >>> verdict([-0.03], [-0.06], [-0.01], [0.032], 0.001)
         'unresolved'
     """
     e, lo, hi, r = (np.asarray(v, dtype=np.float64) for v in (mean, low, high, resolution))
@@ -161,7 +164,7 @@ def verdict(
             f"{hi.shape}, {r.shape}"
         )
     with np.errstate(invalid="ignore"):
-        if bool(np.any(hi < -r)):
+        if bool(np.any(hi < -float(tau))):
             return "unresolved"
         if bool(np.all(hi <= r)):
             return "aligned"
@@ -274,7 +277,7 @@ def claims_table(
         key = tuple(getattr(r, k) for k in CLAIM_KEYS)
         lev = by_claim[key]
         top = lev.iloc[-1]
-        v = verdict(lev["mean"], lev["low"], lev["high"], lev["resolution"])
+        v = verdict(lev["mean"], lev["low"], lev["high"], lev["resolution"], margin)
         pred = predicted(r.claim_family, invariances.get(r.network, ()))
         agree = "n/a" if pred == "none" else ("yes" if v == pred else "no")
         rows.append(
