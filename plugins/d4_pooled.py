@@ -9,11 +9,13 @@ the 8 grid symmetries to float precision; other rotations are not covered.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 from torch import nn
 
 from featalign.nets import BlurPool2d, GroupPooledConv2d, Tapped, d4_copies, seeded
-from featalign.plugins import network
+from featalign.plugins import Range, network
 
 
 def _pooled(cin: int, cout: int, pool: str) -> nn.Module:
@@ -28,8 +30,13 @@ def _pooled(cin: int, cout: int, pool: str) -> nn.Module:
     layers=["block1", "block2", "block3"],
     invariant_to=["rotation90", "flip"],
     in_channels=3,
+    strides={"block1": 1, "block2": 2, "block3": 4},
 )
-def build(width: int = 16, pool: str = "max", seed: int = 0) -> nn.Module:
+def build(
+    width: Annotated[int, Range(min=1)] = 16,
+    pool: Literal["max", "mean"] = "max",
+    seed: int = 0,
+) -> nn.Module:
     """Build the network.
 
     Args:

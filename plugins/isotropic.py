@@ -10,10 +10,12 @@ rotations and flips).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from featalign.nets import BlurPool2d, RadialConv2d, Tapped, seeded
-from featalign.plugins import network
+from featalign.plugins import Range, network
 
 
 @network(
@@ -25,8 +27,9 @@ from featalign.plugins import network
     layers=["block1", "block2", "block3"],
     invariant_to=["rotation", "reflection"],
     in_channels=3,
+    strides={"block1": 1, "block2": 2, "block3": 4},
 )
-def build(width: int = 16, seed: int = 0) -> nn.Module:
+def build(width: Annotated[int, Range(min=1)] = 16, seed: int = 0) -> nn.Module:
     """Build the network.
 
     Args:

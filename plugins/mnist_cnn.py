@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from featalign.train import (
 _BUILD_OPTIONS = frozenset({"weights", "random_init"})
 
 
+@functools.wraps(train_mnist_cnn)  # its signature: the options featalign checks before any job
 def train(out: Path, **options: Any) -> None:
     """Write trained weights to ``out``; options: those of ``train_mnist_cnn``."""
     train_mnist_cnn(out, **{k: v for k, v in options.items() if k not in _BUILD_OPTIONS})
@@ -34,6 +36,7 @@ def train(out: Path, **options: Any) -> None:
     in_channels=1,
     nodes=MNIST_CNN_NODES,
     train=train,
+    strides={"conv1": 2, "conv2": 4},
 )
 def build(
     *, weights: str | Path | None = None, random_init: bool = False, **options: Any

@@ -22,6 +22,7 @@ from featalign.pretrained import mobilenet_v2
     in_channels=3,
     # outputs of blocks features.1, .3, .6 (strides 2, 4, 8), as exact graph node names
     nodes={"block1": "features.1.conv.2", "block3": "features.3.add", "block6": "features.6.add"},
+    strides={"block1": 2, "block3": 4, "block6": 8},
 )
 def build(*, weights: str | Path | None = None) -> torch.nn.Module:
     """Images (N, 3, H, W) in [0, 1] -> logits; the registry extracts the layers."""

@@ -17,6 +17,7 @@ from featalign.pretrained import mtcnn
     layers=["prelu1", "prelu2", "prelu3"],
     invariant_to=[],
     in_channels=3,
+    strides={"prelu1": 1, "prelu2": 2, "prelu3": 4},
 )
 def build() -> torch.nn.Module:
     """Images (N, 3, H, W) in [0, 1] -> {layer: (N, C, H_l, W_l)}."""

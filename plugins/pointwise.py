@@ -7,10 +7,12 @@ interpolation): the positive control for every family.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from featalign.nets import Tapped, seeded
-from featalign.plugins import FAMILIES, network
+from featalign.plugins import FAMILIES, Range, network
 
 
 @network(
@@ -20,8 +22,9 @@ from featalign.plugins import FAMILIES, network
     layers=["conv1", "conv2", "conv3"],
     invariant_to=FAMILIES,
     in_channels=3,
+    strides={"conv1": 1, "conv2": 1, "conv3": 1},
 )
-def build(width: int = 16, seed: int = 0) -> nn.Module:
+def build(width: Annotated[int, Range(min=1)] = 16, seed: int = 0) -> nn.Module:
     """Build the network.
 
     Args:

@@ -22,6 +22,7 @@ from featalign.pretrained import resnet18
     in_channels=3,
     # strides 2, 4, 8; each layer's last graph node (the registry wants exact node names)
     nodes={"relu": "relu", "layer1": "layer1.1.relu_1", "layer2": "layer2.1.relu_1"},
+    strides={"relu": 2, "layer1": 4, "layer2": 8},
 )
 def build(*, seed: int = 0, weights: str | Path | None = None) -> torch.nn.Module:
     """Images (N, 3, H, W) -> logits; the registry extracts the layers by node name."""

@@ -10,6 +10,8 @@ to every rotation and reflection (up to the angular step and resampling).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ from featalign.nets import (
     rotated_copies,
     seeded,
 )
-from featalign.plugins import network
+from featalign.plugins import Range, network
 
 
 def _pooled(cin: int, cout: int, size: int, orientations: int) -> nn.Module:
@@ -37,8 +39,14 @@ def _pooled(cin: int, cout: int, size: int, orientations: int) -> nn.Module:
     layers=["block1", "block2", "block3"],
     invariant_to=["rotation", "reflection"],
     in_channels=3,
+    strides={"block1": 1, "block2": 2, "block3": 4},
 )
-def build(width: int = 8, orientations: int = 8, kernel_size: int = 7, seed: int = 0) -> nn.Module:
+def build(
+    width: Annotated[int, Range(min=1)] = 8,
+    orientations: Annotated[int, Range(min=4, step=4)] = 8,
+    kernel_size: Annotated[int, Range(min=1, step=2)] = 7,
+    seed: int = 0,
+) -> nn.Module:
     """Build the network.
 
     Args:

@@ -11,10 +11,12 @@ not rotation invariant. Stride 1.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from featalign.nets import ScaleChannelNet, seeded
-from featalign.plugins import network
+from featalign.plugins import Range, network
 
 
 @network(
@@ -26,9 +28,14 @@ from featalign.plugins import network
     layers=["block1", "block2"],
     invariant_to=["scaling"],
     in_channels=3,
+    strides={"block1": 1, "block2": 1},
 )
 def build(
-    width: int = 8, sigma0: float = 1.0, ratio: float = 2**0.5, n_scales: int = 4, seed: int = 0
+    width: Annotated[int, Range(min=1)] = 8,
+    sigma0: Annotated[float, Range(above=0)] = 1.0,
+    ratio: Annotated[float, Range(above=0)] = 2**0.5,
+    n_scales: Annotated[int, Range(min=1)] = 4,
+    seed: int = 0,
 ) -> nn.Module:
     """Build the network.
 

@@ -8,10 +8,12 @@ so the theory predicts that no warp of its feature maps undoes those.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from featalign.nets import Tapped, seeded
-from featalign.plugins import network
+from featalign.plugins import Range, network
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -30,8 +32,9 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     layers=["block1", "block2", "block3"],
     invariant_to=[],
     in_channels=3,
+    strides={"block1": 1, "block2": 2, "block3": 4},
 )
-def build(width: int = 16, seed: int = 0) -> nn.Module:
+def build(width: Annotated[int, Range(min=1)] = 16, seed: int = 0) -> nn.Module:
     """Build the network.
 
     Args:
