@@ -11,7 +11,9 @@ import torch
 __all__ = [
     "BatchSizer",
     "is_out_of_memory",
+    "is_user_error",
     "log_to",
+    "one_sentence",
     "resolve_device",
     "retry_on_out_of_memory",
     "working_elements",
@@ -57,7 +59,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def log_to(path: str) -> None:
-    """Send logging and stderr (progress bars, warnings) of a workflow job to its log file."""
+    """Send logging and stderr (progress bars, warnings) of a workflow job to its log file.
+
+    A user error that ends the job (:func:`is_user_error`: a config value, a plugin, a
+    damaged input file, a full disk) ends the log with its one-sentence message,
+    ``featalign: error: …``, instead of a traceback; any other exception (a bug) keeps
+    its traceback. ``FEATALIGN_TRACEBACK=1`` keeps tracebacks of user errors too.
+    """
+    import os
     import sys
 
     stream = open(path, "a", buffering=1)  # noqa: SIM115 -- lives as long as the job
@@ -68,6 +77,52 @@ def log_to(path: str) -> None:
         force=True,
     )
     sys.stderr = stream
+    if not os.environ.get("FEATALIGN_TRACEBACK"):
+        sys.excepthook = _one_sentence_hook
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is featalign's word on something the user fixes: a config value
+    (ConfigError), a plugin (PluginError), a dataset or network that do not fit
+    (FeatureError), a missing, damaged or unwritable file (FileError)."""
+    from featalign.config import ConfigError
+    from featalign.io import FileError
+    from featalign.plugins import PluginError
+
+    kinds: tuple[type[BaseException], ...] = (ConfigError, FileError, PluginError)
+    try:
+        from featalign.features import FeatureError
+
+        kinds = (*kinds, FeatureError)
+    except ImportError:  # pragma: no cover - features needs the full environment
+        pass
+    return isinstance(exc, kinds)
+
+
+def one_sentence(exc: BaseException) -> str:
+    """The message of a user error on one line, as a job's log ends with it.
+
+    Example:
+        >>> from featalign.config import ConfigError
+        >>> one_sentence(ConfigError("datasets.d.size: too small;\\n raise it"))
+        'featalign: error: datasets.d.size: too small; raise it'
+    """
+    return "featalign: error: " + " ".join(str(exc).split())
+
+
+def _one_sentence_hook(kind, exc, tb) -> None:  # noqa: ANN001 -- sys.excepthook's signature
+    """sys.excepthook of a job: a user error as one sentence, anything else as usual."""
+    import sys
+
+    try:
+        user = is_user_error(exc)
+    except Exception:  # never hide the original error behind one of the hook's own
+        user = False
+    if user:
+        sys.stderr.write(one_sentence(exc) + "\n")
+        sys.stderr.flush()
+    else:
+        sys.__excepthook__(kind, exc, tb)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
