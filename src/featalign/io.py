@@ -4,6 +4,13 @@ Every file the workflow writes carries attributes that make it traceable
 (:func:`make_attrs`) and is written atomically (:func:`atomic_path`): to a
 temporary file in the target folder, flushed to disk, then renamed over the
 target, so that a crash leaves the old file or none, never a truncated one.
+
+Snakemake deletes a job's output before it reruns the job, so a rerun that fails
+would cost the last complete file. The workflow's jobs therefore give every result
+file they complete a second name under :data:`PREVIOUS_DIR`
+(:func:`keep_as_previous`, a hard link: no extra disk while the file is current),
+which holds the last complete file until a rerun completes and replaces it
+(README, "Troubleshooting").
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -31,14 +39,19 @@ from featalign import __version__
 __all__ = [
     "RUN_ATTRS",
     "TIME_ATTRS",
+    "PREVIOUS_DIR",
     "FileError",
     "atomic_path",
     "config_digest",
     "file_sha256",
+    "keep_as_previous",
     "make_attrs",
     "open_dataset",
+    "previous_path",
     "write_netcdf",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Time attributes every featalign file has; they change from run to run.
 TIME_ATTRS = ("created_at", "history")
@@ -238,6 +251,62 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+#: Where the workflow keeps the last complete version of each result file, under its
+#: path relative to the working directory: ``.featalign/previous/results/...``.
+PREVIOUS_DIR = Path(".featalign") / "previous"
+
+
+def previous_path(path: str | os.PathLike) -> Path | None:
+    """Where :func:`keep_as_previous` keeps ``path``; None for a path outside the working
+    directory.
+
+    Example:
+        >>> str(previous_path("results/datasets/digits.nc"))
+        '.featalign/previous/results/datasets/digits.nc'
+    """
+    path = Path(path)
+    if path.is_absolute():
+        try:
+            path = path.resolve().relative_to(Path.cwd().resolve())
+        except (ValueError, OSError):
+            return None
+    if not path.parts or ".." in path.parts:
+        return None
+    return PREVIOUS_DIR / path
+
+
+def keep_as_previous(path: str | os.PathLike) -> Path | None:
+    """Give the complete result file ``path`` a second name under :data:`PREVIOUS_DIR`.
+
+    A hard link, replaced atomically: while ``path`` is current it costs no disk. When
+    Snakemake deletes ``path`` to rerun its job, the second name keeps the file; if
+    the rerun fails, ``ln -f .featalign/previous/P P`` brings it back (README,
+    "Troubleshooting"); if it succeeds, the next call moves the name to the new file
+    and the old one is freed. Best effort: where hard links are not possible (another
+    file system, no support) nothing is kept and the reason is logged.
+
+    Returns:
+        The second name, or None when nothing was kept.
+    """
+    path = Path(path)
+    keep = previous_path(path)
+    if keep is None:
+        return None
+    tmp = keep.with_name(f"{_temp_prefix(keep)}link.tmp")
+    try:
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(path, tmp)
+        os.replace(tmp, keep)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        log.info("%s: no previous version kept (%s)", path, exc.strerror or exc)
+        return None
+    return keep
+
+
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     enc: dict[str, dict[str, Any]] = {}
     for name, var in ds.variables.items():
@@ -246,11 +315,18 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     return enc
 
 
-def write_netcdf(obj: xr.Dataset | xr.DataTree, path: str | os.PathLike) -> Path:
+def write_netcdf(
+    obj: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, keep_previous: bool = False
+) -> Path:
     """Write a Dataset or DataTree to netCDF4, compressed, atomically.
 
     Float64 data variables of more than one dimension are stored as float32
     only if they already are float32: the caller decides precision.
+
+    Args:
+        obj: what to write.
+        path: the file.
+        keep_previous: then also :func:`keep_as_previous` (the workflow's jobs do).
     """
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -262,6 +338,8 @@ def write_netcdf(obj: xr.Dataset | xr.DataTree, path: str | os.PathLike) -> Path
         else:
             _check_attrs(obj.attrs)
             obj.to_netcdf(tmp, engine="netcdf4", encoding=_encoding(obj))
+    if keep_previous:
+        keep_as_previous(path)
     return path
 
 

@@ -16,4 +16,4 @@ result = alignment_dataset(
     config=section,
     rule="align",
 )
-write_netcdf(result, snakemake.output[0])  # noqa: F821
+write_netcdf(result, snakemake.output[0], keep_previous=True)  # noqa: F821

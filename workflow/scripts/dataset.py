@@ -13,4 +13,4 @@ ds = build_dataset(
     config=section,
     rule="dataset",
 )
-write_netcdf(ds, snakemake.output[0])  # noqa: F821
+write_netcdf(ds, snakemake.output[0], keep_previous=True)  # noqa: F821

@@ -32,4 +32,4 @@ tree = extract_features(
     },
     rule="features",
 )
-write_netcdf(tree, snakemake.output[0])  # noqa: F821
+write_netcdf(tree, snakemake.output[0], keep_previous=True)  # noqa: F821
