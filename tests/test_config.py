@@ -66,7 +66,7 @@ def test_defaults_as_snakemake_fills_them(name):
     assert json.dumps(ours) == json.dumps(theirs)
     if name == "sparse":
         assert ours["alignment"]["method"] == "gauss_newton" and ours["seed"] == 0
-        assert ours["claims"] == {"bootstrap": 200, "margin": 0.005, "confidence": 0.95}
+        assert ours["claims"] == {"bootstrap": 200, "margin": 0.001, "confidence": 0.95}
         assert ours["datasets"]["tiny_photos"]["window"] == {"radius": 0.5, "taper": 0.2}
 
 

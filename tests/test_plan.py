@@ -203,7 +203,7 @@ class TestLoadPlan:
     def test_test_config(self) -> None:
         cfg = load("test.yaml")
         plan = load_plan(cfg, SCHEMA_PATH)
-        assert cfg["claims"] == {"margin": 0.005, "confidence": 0.95, "bootstrap": 2000}
+        assert cfg["claims"] == {"margin": 0.001, "confidence": 0.95, "bootstrap": 2000}
         assert plan.datasets == ("tiny_photos", "tiny_digits")
         assert plan.pairs == tuple(
             (d, n) for n in ("pointwise", "vgg_random", "d4_pooled") for d in plan.datasets
