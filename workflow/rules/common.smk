@@ -128,6 +128,7 @@ def figure_files():
     per_dataset = (rules.figure_excess_vs_depth, rules.figure_example_panel)
     return [
         *outputs(rules.figure_verdict_grid),
+        *outputs(rules.figure_separation),
         *outputs(rules.figure_affine_vs_oracle),
         *(
             f
