@@ -50,5 +50,5 @@ bench: $(VENV)/.installed ## benchmarks against peers (QUICK=1 for a few minutes
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/run.py $(if $(QUICK),--quick,)
 
-clean: ## remove results/ and logs/ (keeps .venv)
-	rm -rf results logs
+clean: ## remove results/, logs/ and .featalign/ (the previous versions kept for recovery; keeps .venv)
+	rm -rf results logs .featalign
