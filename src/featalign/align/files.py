@@ -237,18 +237,29 @@ def alignment_dataset(
     built = measure(_AS_BUILT, grid, "as built")
     if dense_maps:
         hd, wd = ds.sizes["dense_y"], ds.sizes["dense_x"]
-        dense_on = Grid(hd, wd, 1.0, grid.offset_y, grid.offset_x, grid.image_height,
-                        grid.image_width)
-        log.info("dense evaluation: %dx%d maps at stride 1 (as built: %dx%d at stride %d)",
-                 hd, wd, h, w, stride)
+        dense_on = Grid(
+            hd, wd, 1.0, grid.offset_y, grid.offset_x, grid.image_height, grid.image_width
+        )
+        log.info(
+            "dense evaluation: %dx%d maps at stride 1 (as built: %dx%d at stride %d)",
+            hd,
+            wd,
+            h,
+            w,
+            stride,
+        )
         dense = measure(_DENSE, dense_on, "dense")
-        how = (f"computed: shift-and-stitch over {stride}x{stride} phases, a {hd}x{wd} "
-               "map of stride 1")
+        how = (
+            f"computed: shift-and-stitch over {stride}x{stride} phases, a {hd}x{wd} map of stride 1"
+        )
     else:
         dense = built
-        how = ("reused: the layer has stride 1, its maps are dense already" if stride == 1
-               else "reused: the features file has no dense maps (features.dense is off), "
-               f"so the dense evaluation is the as-built one at stride {stride}")
+        how = (
+            "reused: the layer has stride 1, its maps are dense already"
+            if stride == 1
+            else "reused: the features file has no dense maps (features.dense is off), "
+            f"so the dense evaluation is the as-built one at stride {stride}"
+        )
         log.info("dense evaluation %s", how)
     results = (built, dense)
     starts = np.array(built.start_names, dtype=object)
@@ -301,22 +312,37 @@ def alignment_dataset(
             ),
         },
         coords={
-            "evaluation": ("evaluation", list(EVALUATIONS), {
-                "long_name": "as_built: the layer's own strided maps; dense: shift-and-stitch "
-                "maps of stride 1 (the theorem's premise)",
-            }),
-            "evaluation_stride": ("evaluation", np.array(
-                [stride, 1 if dense_maps else stride], dtype=np.int32), {
-                "long_name": "stride of the maps measured", "units": "pixel",
-            }),
-            "evaluation_computed": ("evaluation", np.array(
-                [1, 1 if dense_maps else 0], dtype=np.int8), {
-                "long_name": "measured on its own maps (1) or the as-built results reused (0)",
-            }),
-            "evaluation_region_pixels": ("evaluation", np.array(
-                [r.region_pixels for r in results], dtype=np.int64), {
-                "long_name": "feature pixels in the region R", "units": "1",
-            }),
+            "evaluation": (
+                "evaluation",
+                list(EVALUATIONS),
+                {
+                    "long_name": "as_built: the layer's own strided maps; dense: shift-and-stitch "
+                    "maps of stride 1 (the theorem's premise)",
+                },
+            ),
+            "evaluation_stride": (
+                "evaluation",
+                np.array([stride, 1 if dense_maps else stride], dtype=np.int32),
+                {
+                    "long_name": "stride of the maps measured",
+                    "units": "pixel",
+                },
+            ),
+            "evaluation_computed": (
+                "evaluation",
+                np.array([1, 1 if dense_maps else 0], dtype=np.int8),
+                {
+                    "long_name": "measured on its own maps (1) or the as-built results reused (0)",
+                },
+            ),
+            "evaluation_region_pixels": (
+                "evaluation",
+                np.array([r.region_pixels for r in results], dtype=np.int64),
+                {
+                    "long_name": "feature pixels in the region R",
+                    "units": "1",
+                },
+            ),
             "sample": ds.sample.values,
             "transform": ds.transform.values,
             "measure": list(built.measures),

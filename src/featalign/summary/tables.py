@@ -1,4 +1,4 @@
-"""The two tables of the summary, their columns, and the errors table read from files.
+"""The errors table read from alignment files, its columns, and helpers of both tables.
 
 ``errors.csv`` (:data:`ERRORS_COLUMNS`) holds every measurement, one row per
 dataset × network × layer × evaluation × sample × transform × measure; ``evaluation``
@@ -6,8 +6,8 @@ is ``as_built`` (the layer's own strided maps) or ``dense`` (shift-and-stitch, s
 1; :mod:`featalign.align.files`), ``stride`` the stride of the *evaluated* maps (so
 that a shift by one pixel is a ``translation`` at dense evaluation) and
 ``layer_stride`` the layer's as-built stride. ``claims.csv``
-(:data:`CLAIMS_COLUMNS`) one verdict per dataset × network × layer × claim family
-(:func:`featalign.summary.claims.claims_table`).
+(:data:`featalign.summary.claims.CLAIMS_COLUMNS`) one verdict per dataset × network ×
+layer × evaluation × claim family (:func:`featalign.summary.claims.claims_table`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 from featalign.io import FileError, open_dataset
 from featalign.summary.families import claim_family
 
-__all__ = ["CLAIMS_COLUMNS", "ERRORS_COLUMNS", "check_columns", "errors_table", "ordered"]
+__all__ = ["ERRORS_COLUMNS", "check_columns", "errors_table", "ordered"]
 
 ERRORS_COLUMNS = (
     "dataset",
@@ -38,22 +38,6 @@ ERRORS_COLUMNS = (
     "magnitude",
     "measure",
     "error",
-)
-CLAIMS_COLUMNS = (
-    "dataset",
-    "network",
-    "layer",
-    "depth",
-    "stride",
-    "family",
-    "problems",
-    "prediction",
-    "verdict",
-    "excess_mean",
-    "ci_low",
-    "ci_high",
-    "margin",
-    "agreement",
 )
 
 
@@ -113,8 +97,9 @@ def errors_table(paths: Iterable[str | Path]) -> pd.DataFrame:
         df = ds["error"].to_dataframe(name="error").reset_index()
         fam = dict(zip(ds.transform.values.tolist(), ds.family.values.tolist()))
         mag = dict(zip(ds.transform.values.tolist(), ds.magnitude.values.tolist()))
-        evaluated = dict(zip(ds.evaluation.values.tolist(),
-                             (int(v) for v in ds.evaluation_stride.values)))
+        evaluated = dict(
+            zip(ds.evaluation.values.tolist(), (int(v) for v in ds.evaluation_stride.values))
+        )
         df["family"] = df["transform"].map(fam)
         df["magnitude"] = df["transform"].map(mag)
         df["stride"] = df["evaluation"].map(evaluated).astype(int)
