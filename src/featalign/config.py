@@ -315,7 +315,7 @@ def _check_options(name: str, spec: Any, options: Mapping[str, Any]) -> None:
     types and bounds its ``build()`` annotations declare
     (:func:`featalign.plugins.declared_options`); either would otherwise fail inside
     the feature job, after the dataset stage."""
-    from featalign.plugins import declared_options, option_problem
+    from featalign.options import declared_options, option_problem
 
     takes, takes_more = declared_options(spec)
     for option, value in options.items():
