@@ -360,6 +360,7 @@ class TestDisagreementReason:
                 effect_low=low,
                 effect_high=high,
                 resolution=resolution,
+                margin=TAU,
             )
         )
 
@@ -378,9 +379,11 @@ class TestDisagreementReason:
         )
         assert "above it at a smaller one" in self.reason("inconclusive", 0.001, 0.0, 0.002)
         assert self.reason("unresolved", -0.03, -0.04, -0.02).startswith(
-            "floor exceeds the best warp at the largest magnitude"
+            "the best warp beats realigning the input at the largest magnitude"
         )
         assert "at a smaller magnitude" in self.reason("unresolved", 0.0, -0.001, 0.001)
+        # below −τ but not below −resolution: still the largest magnitude (rule 1 uses τ)
+        assert "at the largest magnitude" in self.reason("unresolved", -0.002, -0.003, -0.0015)
         assert self.reason("inconclusive", math.nan, math.nan, math.nan).startswith("no finite")
 
     def test_from_a_judged_claim(self):

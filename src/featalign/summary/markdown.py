@@ -102,20 +102,24 @@ def disagreement_reason(row: pd.Series | dict) -> str:
         ...     effect_low=0.0005, effect_high=0.004, resolution=0.0015))
         'effect within resolution at the largest magnitude (effect_low 0.0005 ≤ resolution 0.0015)'
         >>> disagreement_reason(dict(verdict="unresolved", effect=-0.03,
-        ...     effect_low=-0.05, effect_high=-0.01, resolution=0.002))
-        'floor exceeds the best warp at the largest magnitude (effect_high -0.01 < -resolution -0.002)'
+        ...     effect_low=-0.05, effect_high=-0.01, resolution=0.002, margin=0.001))
+        'the best warp beats realigning the input at the largest magnitude (effect_high -0.01 < -tau -0.001): the input alignment is no floor here'
     """
     v = row["verdict"]
     e, lo, hi, r = (float(row[k]) for k in ("effect", "effect_low", "effect_high", "resolution"))
     if not all(math.isfinite(x) for x in (e, lo, hi, r)):
         return "no finite excess or floor at the largest magnitude"
-    if v == "unresolved":
-        if hi < -r:
+    if v == "unresolved":  # rule 1: some level's interval lies below −τ (README erratum)
+        tau = float(row.get("margin", math.nan))
+        if math.isfinite(tau) and hi < -tau:
             return (
-                f"floor exceeds the best warp at the largest magnitude "
-                f"(effect_high {hi:.3g} < -resolution {-r:.3g})"
+                f"the best warp beats realigning the input at the largest magnitude "
+                f"(effect_high {hi:.3g} < -tau {-tau:.3g}): the input alignment is no floor here"
             )
-        return "floor exceeds the best warp at a smaller magnitude (its interval below -resolution)"
+        return (
+            "the best warp beats realigning the input at a smaller magnitude (its interval "
+            "below -tau): the input alignment is no floor there"
+        )
     if v == "aligned":
         return (
             f"effect within resolution at every magnitude "
