@@ -157,7 +157,7 @@ class TestWorkflow:
 
 class TestPaperEstimate:
     def test_work_ratios_follow_the_configs(self) -> None:
-        """paper.yaml: 64 samples x 48 transforms at 128 px; default: 4 x 12 at 64 px."""
+        """paper.yaml: 64 samples x 55 transforms at 128 px; default: 8 x 21 at 64 px."""
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import bench_workflow
 
@@ -168,9 +168,9 @@ class TestPaperEstimate:
         }
         jobs = {"jobs": {"align": 85, "features": 29, "summarize": 1, "all": 1}, "total": 116}
         est = bench_workflow.paper_estimate(rules, jobs)
-        assert est["align"]["factor"] == pytest.approx(64 * 48 * 128**2 / (4 * 12 * 64**2))
+        assert est["align"]["factor"] == pytest.approx(64 * 55 * 128**2 / (8 * 21 * 64**2))
         assert est["features"]["factor"] == pytest.approx(
-            64 * (1 + 2 * 48) * 128**2 / (4 * (1 + 2 * 12) * 64**2)
+            64 * (1 + 2 * 55) * 128**2 / (8 * (1 + 2 * 21) * 64**2)
         )
         # the start-up stays, the computation scales
         assert est["align"]["seconds_per_job"] == pytest.approx(4.0 + 2.0 * est["align"]["factor"])

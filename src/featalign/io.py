@@ -64,7 +64,10 @@ TIME_ATTRS = ("created_at", "history")
 RUN_ATTRS = (*TIME_ATTRS, "compute_seconds")
 
 #: zlib level for every variable written (feature maps compress well).
-COMPRESSION = {"zlib": True, "complevel": 4}
+COMPRESSION = {"zlib": True, "complevel": 4, "fletcher32": True}
+
+#: Kinds of file whose float data are finite by construction (checked when opened).
+ALWAYS_FINITE = ("dataset", "features")
 
 
 class FileError(Exception):
@@ -312,6 +315,10 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     for name, var in ds.variables.items():
         if var.dtype.kind in "fiu" and var.ndim > 0:
             enc[str(name)] = dict(COMPRESSION)
+        elif var.dtype.kind in "US" and var.ndim > 0:
+            # text as compressed characters, not variable-length strings: a damaged byte then
+            # fails zlib's checksum (FileError) instead of silently renaming a coordinate
+            enc[str(name)] = {"dtype": "S1", **COMPRESSION}
     return enc
 
 
@@ -388,4 +395,14 @@ def open_dataset(
             f"{kind} file {path} lacks {', '.join(missing)} (written by {src}?); "
             f"delete it and rebuild with: {rebuild}"
         )
+    if kind in ALWAYS_FINITE:
+        # images and feature maps are finite when written (the stages refuse anything else);
+        # a chunk whose index a damaged byte broke reads back as fill values (NaN), silently
+        for name, var in ds.data_vars.items():
+            if var.dtype.kind == "f" and not bool(np.isfinite(var.values).all()):
+                raise FileError(
+                    f"{kind} file {path} cannot be read ({name} has non-finite values, which "
+                    f"featalign never writes); it is damaged or incomplete: delete it and "
+                    f"rebuild with: {rebuild}"
+                )
     return ds

@@ -81,22 +81,27 @@ def log_to(path: str) -> None:
         sys.excepthook = _one_sentence_hook
 
 
+#: featalign's exception classes that carry a user's fix: (module, class name). Named, not
+#: imported, so that a job's code digest (featalign.provenance) does not cover the config,
+#: plugin and dataset code of every job that logs.
+USER_ERRORS: frozenset[tuple[str, str]] = frozenset({
+    ("featalign.config", "ConfigError"),
+    ("featalign.io", "FileError"),
+    ("featalign.plugins", "PluginError"),
+    ("featalign.features", "FeatureError"),
+})
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is featalign's word on something the user fixes: a config value
     (ConfigError), a plugin (PluginError), a dataset or network that do not fit
-    (FeatureError), a missing, damaged or unwritable file (FileError)."""
-    from featalign.config import ConfigError
-    from featalign.io import FileError
-    from featalign.plugins import PluginError
+    (FeatureError), a missing, damaged or unwritable file (FileError).
 
-    kinds: tuple[type[BaseException], ...] = (ConfigError, FileError, PluginError)
-    try:
-        from featalign.features import FeatureError
-
-        kinds = (*kinds, FeatureError)
-    except ImportError:  # pragma: no cover - features needs the full environment
-        pass
-    return isinstance(exc, kinds)
+    Example:
+        >>> is_user_error(ValueError("a bug")), is_user_error(KeyError("x"))
+        (False, False)
+    """
+    return any((k.__module__, k.__name__) in USER_ERRORS for k in type(exc).__mro__)
 
 
 def one_sentence(exc: BaseException) -> str:
