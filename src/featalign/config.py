@@ -202,7 +202,11 @@ def check_config(config: Mapping[str, Any]) -> None:
     )
 
     datasets = config.get("datasets") or {}
-    if not datasets:
+    if config.get("stn") is not None:
+        from featalign.stn.config import check_stn  # the STN study's own checks
+
+        check_stn(config["stn"])
+    if not datasets and config.get("stn") is None:
         raise ConfigError("datasets: no dataset configured; add one, e.g. datasets: {photos: "
                           "{source: photographs}}")
     for top_family in (config.get("transforms") or {}):

@@ -90,6 +90,7 @@ class RunPlan:
     dataset_params: Mapping[str, Any]
     network_params: Mapping[str, Any]
     alignment_params: Mapping[str, Any]
+    stn: Any = None  # featalign.stn.config.StnPlan of the config's stn section, or None
 
     @property
     def alignments(self) -> tuple[tuple[str, str, str], ...]:
@@ -188,7 +189,17 @@ def plan_run(config: Mapping[str, Any], networks: Mapping[str, NetworkSpec]) -> 
                 }
             )
         ),
+        stn=_stn_plan(config),
     )
+
+
+def _stn_plan(config: Mapping[str, Any]) -> Any:
+    """The STN study's plan (featalign.stn.config.plan_stn), or None without an stn section."""
+    if config.get("stn") is None:
+        return None
+    from featalign.stn.config import plan_stn
+
+    return plan_stn(config["stn"])
 
 
 def load_plan(
