@@ -306,3 +306,40 @@ class TestClaims:
         assert set(claims["verdict"]) == {"inconclusive"}
         table = summary_table(runs, 0.95)
         assert table["low"].isna().all() and (table["seeds"] == 1).all()
+
+
+# ---------------------------------------------------------------------------
+# the rules
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rules_end_to_end(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    res = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
+    assert res.returncode == 0, res.stderr[-3000:]
+    for rel in ("results/stn/rot/C0/seed0.nc", "results/stn/rot/C1/seed0.pt",
+                "results/tables/stn.csv", "results/tables/stn_claims.csv",
+                "results/tables/stn_summary.md", "results/figures/stn/accuracy.png",
+                "results/figures/stn/predicted_vs_applied.pdf",
+                "results/figures/stn/training_curves.png", "logs/stn_train/rot/C1/seed0.log"):
+        assert (tmp_path / rel).stat().st_size > 0, rel
+    claims = pd.read_csv(tmp_path / "results/tables/stn_claims.csv")
+    assert claims["claim"].tolist() == ["C0 ≥ C1", "C0 ≥ C1"]  # accuracy, invariance
+    assert not (tmp_path / "results/datasets").exists()  # no other stage ran
+    again = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_bad_stn_config_stops_the_dry_run_in_one_line(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["stn"]["variants"] = ["C0", "C5"]
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    res = snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.splitlines() if line.startswith("featalign: config error")]
+    assert len(lines) == 1 and "stn.variants: 'C5' places the transformer after layer 5" in lines[0]
+    assert not (tmp_path / "results").exists()

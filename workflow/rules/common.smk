@@ -144,6 +144,27 @@ def figure_files():
     ]
 
 
+def stn_train_params(wildcards):
+    """The config that determines one STN dataset's training jobs (featalign.stn.config)."""
+    return dict(PLAN.stn.train_params[wildcards.stn_dataset])
+
+
+def stn_result_files():
+    """Every STN result file: one per dataset x variant x seed (none without an stn section)."""
+    if PLAN.stn is None:
+        return []
+    pattern = rules.stn_train.output.result
+    return [
+        expand(pattern, stn_dataset=d, variant=v, seed=s)[0]
+        for d, v, s in PLAN.stn.runs
+    ]
+
+
+def stn_summary_params():
+    return dict(PLAN.stn.summary_params) if PLAN.stn else {}
+
+
 def all_outputs():
-    """The default target: the tables and every figure."""
-    return outputs(rules.summarize) + figure_files()
+    """The default target: the tables and every figure; the STN study's where configured."""
+    main = outputs(rules.summarize) + figure_files() if PLAN.datasets else []
+    return main + (outputs(rules.stn_summary) if PLAN.stn else [])
