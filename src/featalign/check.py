@@ -554,9 +554,38 @@ def _run_checks(
             f"grid is not centred on the {n}x{n} canvas, so 90-degree rotations and flips do not "
             "map it onto itself."
         )
+    _check_head(spec, opts, x, report)
     untested = sorted(declared - {"rotation", "reflection", "rotation90", "flip", "translation"})
     if untested:
         report.notes.append(
             f"declared {', '.join(untested)} invariance is not checked here (no exact grid "
             "element); the workflow measures it."
         )
+
+
+def _check_head(
+    spec: NetworkSpec, opts: dict[str, Any], x: torch.Tensor, report: CheckReport
+) -> None:
+    """6. a classifier's head (``head=``): head_k(body_k(x)) must be the network's logits."""
+    if spec.head is None:
+        return
+    from featalign.recognition import HEAD_TOL, build_classifier, head_differences
+
+    try:
+        diffs = head_differences(build_classifier(spec, opts), x)
+    except PluginError as exc:
+        report.failures.append(str(exc))
+        return
+    report.notes.append(
+        "head: ||head_k(body_k(x)) - logits|| / ||logits|| "
+        + ", ".join(f"{layer} {d:.1e}" for layer, d in diffs.items())
+        + f" (tolerance {HEAD_TOL:g})"
+    )
+    for layer, d in diffs.items():
+        if not d <= HEAD_TOL:
+            report.failures.append(
+                f"{display_path(spec.source)}: the head of network '{spec.name}' for layer "
+                f"'{layer}' does not reproduce the network's own logits (relative difference "
+                f"{d:.2e} > {HEAD_TOL:g}); make head(model, '{layer}') run exactly the "
+                "layers after it."
+            )

