@@ -206,12 +206,16 @@ class TestLoadPlan:
         assert cfg["claims"] == {"margin": 0.001, "confidence": 0.95, "bootstrap": 2000}
         assert plan.datasets == ("tiny_photos", "tiny_digits")
         assert plan.pairs == tuple(
-            (d, n) for n in ("pointwise", "vgg_random", "d4_pooled") for d in plan.datasets
+            (d, n)
+            for n in ("pointwise", "vgg_random", "d4_pooled", "mnist_cnn")
+            for d in plan.datasets
         )
         assert plan.example_networks == {"vgg_random": "block2", "d4_pooled": "block2"}
         assert plan.figure_datasets == plan.datasets
-        assert plan.trained == () and plan.weight_files == {}
-        assert len(plan.alignments) == 18  # the 18 align jobs of `snakemake -n`
+        assert plan.trained == ("mnist_cnn",) and plan.weight_files == {}
+        assert len(plan.alignments) == 22  # the 22 align jobs of `snakemake -n`
+        # the classifier (a plugin with head=) gets a recognize job per dataset
+        assert plan.recognitions == tuple((d, "mnist_cnn") for d in plan.datasets)
 
     def test_paper_config(self) -> None:
         plan = load_plan(load("paper.yaml"), SCHEMA_PATH)

@@ -462,4 +462,8 @@ def validate_config(
     check_schema(config, schema)
     fill_defaults(config, schema)
     check_config(config)
-    return check_networks(config)
+    specs = check_networks(config)
+    from featalign.recognition import check_recognition  # the recognize stage's own checks
+
+    check_recognition(config, specs)
+    return specs

@@ -90,6 +90,8 @@ class RunPlan:
     dataset_params: Mapping[str, Any]
     network_params: Mapping[str, Any]
     alignment_params: Mapping[str, Any]
+    recognitions: tuple[tuple[str, str], ...] = ()  # (dataset, classifier) of each recognize job
+    recognition_params: Mapping[str, Any] | None = None  # the config the recognize jobs read
     stn: Any = None  # featalign.stn.config.StnPlan of the config's stn section, or None
 
     @property
@@ -190,7 +192,22 @@ def plan_run(config: Mapping[str, Any], networks: Mapping[str, NetworkSpec]) -> 
             )
         ),
         stn=_stn_plan(config),
+        **_recognition_plan(config, networks, pairs),
     )
+
+
+def _recognition_plan(
+    config: Mapping[str, Any], networks: Mapping[str, NetworkSpec], pairs: tuple
+) -> dict[str, Any]:
+    """The recognize jobs (featalign.recognition.recognition_networks on their datasets)."""
+    from featalign.recognition import recognition_networks
+
+    chosen = set(recognition_networks(config, networks))
+    section = {"recognition": config.get("recognition") or {}, "seed": config["seed"]}
+    return {
+        "recognitions": tuple((d, n) for d, n in pairs if n in chosen),
+        "recognition_params": _frozen(canonical(section)),
+    }
 
 
 def _stn_plan(config: Mapping[str, Any]) -> Any:

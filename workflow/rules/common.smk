@@ -95,6 +95,19 @@ def pair_alignment_files(wildcards):
     )
 
 
+def recognition_inputs(wildcards):
+    """A recognize job's inputs: the features job's (dataset, plugin, weights) and the
+    alignment files of every layer (their best warps)."""
+    return {**features_inputs(wildcards), "alignment": pair_alignment_files(wildcards)}
+
+
+def recognition_files():
+    """Every recognition file: one per classifier x dataset it runs on."""
+    return outputs(
+        rules.recognize, [dict(dataset=d, network=n) for d, n in PLAN.recognitions]
+    )
+
+
 def alignment_params(wildcards):
     return dict(PLAN.alignment_params)
 
@@ -141,6 +154,10 @@ def figure_files():
             [dict(dataset=d, network=n) for d, n in PLAN.pairs],
         ),
         *outputs(rules.figure_training_curve, [dict(network=n) for n in PLAN.trained]),
+        *outputs(
+            rules.figure_recognition,
+            [dict(dataset=d, network=n) for d, n in PLAN.recognitions],
+        ),
     ]
 
 

@@ -3,7 +3,8 @@
 
 rule summarize:
     input:
-        alignment_files(),
+        alignment=alignment_files(),
+        recognition=recognition_files(),
     output:
         errors="results/tables/errors.csv",
         claims=report(
@@ -17,6 +18,7 @@ rule summarize:
             category="Claims",
         ),
         summary="results/tables/claims_summary.md",
+        recognition="results/tables/recognition.csv",
     log:
         "logs/summarize.log",
     benchmark:
@@ -27,6 +29,7 @@ rule summarize:
         code=code("summarize.py"),
         invariances=invariances(),
         claims=config["claims"],
+        recognition=config["recognition"],
         seed=config["seed"],
     script:
         "../scripts/summarize.py"

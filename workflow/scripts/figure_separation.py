@@ -2,13 +2,13 @@
 
 from featalign.figures.separation import plot_separation
 from featalign.runtime import log_to
-from featalign.summary.claims import read_table
+from featalign.summary.claims import claims_about, read_table
 
 log_to(snakemake.log[0])  # noqa: F821
 inp, out, claims = snakemake.input, snakemake.output, snakemake.params.claims  # noqa: F821
 plot_separation(
     read_table(inp.errors),
-    read_table(inp.claims),
+    claims_about(read_table(inp.claims), "alignment"),
     out.png,
     out.pdf,
     margin=claims["margin"],

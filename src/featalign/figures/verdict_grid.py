@@ -22,12 +22,41 @@ from featalign.figures.style import (
     save,
     style,
 )
-from featalign.summary.claims import EVALUATIONS
+from featalign.summary.claims import EVALUATIONS, claims_about
 from featalign.summary.excess import DEFAULT_EVALUATION
 from featalign.summary.families import CLAIM_FAMILIES
 from featalign.summary.tables import check_columns, ordered
 
-__all__ = ["plot_verdict_grid"]
+__all__ = ["RECOGNITION_PANELS", "plot_verdict_grid", "recognition_panels"]
+
+#: The recognition claims' alignments, one panel each after the evaluations, in this order.
+RECOGNITION_PANELS: tuple[str, ...] = ("oracle", "affine", "input")
+
+#: A recognition verdict drawn in the colour of the alignment verdict it mirrors.
+_AS_ALIGNMENT = {"restored": "aligned", "not restored": "not aligned"}
+
+
+def recognition_panels(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claims with each recognition claim (``about == "recognition"``) moved to a panel
+    of its own: ``evaluation`` becomes ``recognition: <alignment>`` and its verdict and
+    prediction the alignment words of the same colour (restored -> aligned).
+
+    Example:
+        >>> c = pd.DataFrame(dict(evaluation=["dense", "as_built"], verdict=["aligned",
+        ...     "restored"], prediction=["aligned", "not restored"], about=["alignment",
+        ...     "recognition"], alignment=[None, "oracle"]))
+        >>> recognition_panels(c)[["evaluation", "verdict", "prediction"]].values.tolist()
+        [['dense', 'aligned', 'aligned'], ['recognition: oracle', 'aligned', 'not aligned']]
+    """
+    rec = claims_about(claims, "recognition")
+    if rec.empty:
+        return claims_about(claims, "alignment")
+    rec = rec.assign(
+        evaluation="recognition: " + rec["alignment"].astype(str),
+        verdict=rec["verdict"].replace(_AS_ALIGNMENT),
+        prediction=rec["prediction"].replace(_AS_ALIGNMENT),
+    )
+    return pd.concat([claims_about(claims, "alignment"), rec], ignore_index=True)
 
 
 def _row_key(r: pd.Series) -> tuple[str, str, str]:
@@ -150,6 +179,10 @@ def plot_verdict_grid(claims: pd.DataFrame, png: str | Path, pdf: str | Path) ->
     figure's height grows with the number of rows. A table without an
     ``evaluation`` column is one grid (``as_built``).
 
+    Recognition claims (``about == "recognition"``, :func:`recognition_panels`) get one
+    panel per alignment after the evaluations, on the same rows: there ``aligned``
+    means the classifier's decision is restored.
+
     Args:
         claims: the claims table (:data:`featalign.summary.CLAIMS_COLUMNS`).
         png: output PNG path.
@@ -166,6 +199,7 @@ def plot_verdict_grid(claims: pd.DataFrame, png: str | Path, pdf: str | Path) ->
     )
     if claims.empty:
         raise ValueError("the claims table is empty: nothing to plot")
+    claims = recognition_panels(claims)
     unknown = set(claims["verdict"]) - set(VERDICT_COLOURS)
     if unknown:
         raise ValueError(f"unknown verdicts {sorted(unknown)}; known: {list(VERDICT_COLOURS)}")
@@ -178,7 +212,8 @@ def plot_verdict_grid(claims: pd.DataFrame, png: str | Path, pdf: str | Path) ->
     )
     rows = [_row_key(r) for _, r in rows_df.iterrows()]
     cols = ordered(claims["family"].unique().tolist(), CLAIM_FAMILIES)
-    evaluations = ordered(claims["evaluation"].unique().tolist(), EVALUATIONS)
+    panels = (*EVALUATIONS, *(f"recognition: {a}" for a in RECOGNITION_PANELS))
+    evaluations = ordered(claims["evaluation"].unique().tolist(), panels)
     labels = [f"{d} / {n} / {lay}" for d, n, lay in rows]
     label_width = 0.07 * max(len(s) for s in labels)
     panel_width = 0.55 * len(cols) + 0.3
@@ -233,9 +268,11 @@ def plot_verdict_grid(claims: pd.DataFrame, png: str | Path, pdf: str | Path) ->
                     label="hatched: no prediction (n/a)",
                 )
             )
+        recognised = any(str(e).startswith("recognition") for e in evaluations)
         axes[0, -1].legend(
             handles=handles,
-            title="measured verdict",
+            title="measured verdict"
+            + ("\n(recognition: aligned = decision\nrestored)" if recognised else ""),
             loc="upper left",
             bbox_to_anchor=(1.02, 1.0),
             frameon=False,

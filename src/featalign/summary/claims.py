@@ -44,10 +44,12 @@ __all__ = [
     "EVALUATION_LABELS",
     "LEVEL_COLUMNS",
     "OUTCOMES",
+    "claims_about",
     "claims_table",
     "magnitude_levels",
     "read_table",
     "verdict",
+    "with_recognition",
 ]
 
 #: The columns that name one claim (a group of problems): a problem's, less its sample
@@ -313,3 +315,29 @@ def claims_table(
     out["_e"] = out["evaluation"].map(eval_order)
     out = out.sort_values(["_e", "dataset", "network", "depth", "_f"]).drop(columns=["_f", "_e"])
     return out.reset_index(drop=True)
+
+
+def with_recognition(claims: pd.DataFrame, recognition: pd.DataFrame) -> pd.DataFrame:
+    """``claims.csv``: the alignment claims, then the recognition claims
+    (:func:`featalign.recognition.recognition_claims`), told apart by the column ``about``
+    (``alignment`` or ``recognition``); ``alignment`` names a recognition claim's
+    alignment (``oracle``, ``affine``, ``input``) and is empty for an alignment claim.
+
+    Example:
+        >>> a = pd.DataFrame({"family": ["shear"]})
+        >>> r = pd.DataFrame({"family": ["shear"], "about": ["recognition"], "alignment": ["oracle"]})
+        >>> with_recognition(a, r)[["about", "alignment"]].values.tolist()
+        [['alignment', nan], ['recognition', 'oracle']]
+    """
+    first = claims.assign(about="alignment", alignment=np.nan)
+    if recognition.empty:
+        return first.reset_index(drop=True)
+    return pd.concat([first, recognition], ignore_index=True)
+
+
+def claims_about(claims: pd.DataFrame, about: str = "alignment") -> pd.DataFrame:
+    """The claims of one kind (``alignment`` or ``recognition``); a table without the column
+    ``about`` (written before recognition claims existed) holds alignment claims only."""
+    if "about" not in claims.columns:
+        return claims if about == "alignment" else claims.iloc[0:0]
+    return claims[claims["about"] == about].reset_index(drop=True)
