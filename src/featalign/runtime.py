@@ -58,8 +58,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"device: unknown device {name!r}; write auto, cpu, cuda or cuda:N")
 
 
-def log_to(path: str) -> None:
+def log_to(path: str, threads: int | None = None) -> None:
     """Send logging and stderr (progress bars, warnings) of a workflow job to its log file.
+
+    ``threads`` (the rule's ``threads``, ``snakemake.threads``) caps torch's CPU threads:
+    Snakemake counts a job as that many cores, but a ``script:`` job's torch would take
+    every core of the machine, so jobs that Snakemake runs side by side would oversubscribe
+    the CPU (and torch's spinning threads burn it).
 
     A user error that ends the job (:func:`is_user_error`: a config value, a plugin, a
     damaged input file, a full disk) ends the log with its one-sentence message,
@@ -79,6 +84,8 @@ def log_to(path: str) -> None:
     sys.stderr = stream
     if not os.environ.get("FEATALIGN_TRACEBACK"):
         sys.excepthook = _one_sentence_hook
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
 
 
 #: featalign's exception classes that carry a user's fix: (module, class name). Named, not

@@ -13,7 +13,7 @@ rule align:
         "logs/align/{dataset}/{network}/{layer}.tsv"
     conda:
         "../../environment.yml"
-    threads: 2
+    threads: 1
     params:
         code=code("align.py"),
         section=alignment_params,

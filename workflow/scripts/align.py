@@ -4,7 +4,7 @@ from featalign.align.files import alignment_dataset
 from featalign.io import write_netcdf
 from featalign.runtime import log_to, resolve_device
 
-log_to(snakemake.log[0])  # noqa: F821
+log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 section = snakemake.params.section  # noqa: F821
 result = alignment_dataset(
     snakemake.input.features,  # noqa: F821

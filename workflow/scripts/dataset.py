@@ -4,7 +4,7 @@ from featalign.datasets import DatasetSpec, build_dataset
 from featalign.io import write_netcdf
 from featalign.runtime import log_to
 
-log_to(snakemake.log[0])  # noqa: F821
+log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 section = snakemake.params.section  # noqa: F821
 ds = build_dataset(
     DatasetSpec.from_config(snakemake.wildcards.dataset, section["dataset"]),  # noqa: F821

@@ -5,7 +5,7 @@ from featalign.io import open_dataset, write_netcdf
 from featalign.plugins import get_network
 from featalign.runtime import log_to, resolve_device
 
-log_to(snakemake.log[0])  # noqa: F821
+log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 p = snakemake.params  # noqa: F821
 options = dict(p.options)
 if snakemake.input.get("weights"):  # noqa: F821

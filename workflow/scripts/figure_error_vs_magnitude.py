@@ -4,7 +4,7 @@ from featalign.figures.error_vs_magnitude import plot_error_vs_magnitude
 from featalign.runtime import log_to
 from featalign.summary.tables import errors_table
 
-log_to(snakemake.log[0])  # noqa: F821
+log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 wc, out = snakemake.wildcards, snakemake.output  # noqa: F821
 # from the pair's own alignment files, so that another network's change leaves it be
 errors = errors_table(snakemake.input)  # noqa: F821

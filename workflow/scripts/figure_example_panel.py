@@ -5,7 +5,7 @@ from pathlib import Path
 from featalign.figures.example_panel import plot_example_panel
 from featalign.runtime import log_to
 
-log_to(snakemake.log[0])  # noqa: F821
+log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 inp, out = snakemake.input, snakemake.output  # noqa: F821
 nets = [Path(p).stem for p in inp.features]
 plot_example_panel(

@@ -4,7 +4,7 @@ from featalign.figures.excess_vs_depth import plot_excess_vs_depth
 from featalign.runtime import log_to
 from featalign.summary.claims import read_table
 
-log_to(snakemake.log[0])  # noqa: F821
+log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 out, claims = snakemake.output, snakemake.params.claims  # noqa: F821
 plot_excess_vs_depth(
     read_table(snakemake.input[0]),  # noqa: F821

@@ -16,7 +16,7 @@ from featalign.summary.markdown import claims_summary_markdown, verdict_grid_mar
 from featalign.summary.separation import separation_table
 from featalign.summary.tables import errors_table, ordered
 
-log_to(snakemake.log[0])  # noqa: F821
+log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 claims_cfg = snakemake.params.claims  # noqa: F821
 errors = errors_table(snakemake.input.alignment)  # noqa: F821
 claims = claims_table(
