@@ -16,6 +16,7 @@ from featalign.summary import (
     claims_summary_markdown,
     claims_table,
     disagreement_reason,
+    invariance_clause,
     mean_interval,
     predicted,
     problem_excess,
@@ -277,6 +278,42 @@ def claims() -> pd.DataFrame:
     return claims_table(errors, {"gen": [], "inv": ["rotation"]}, margin=0.001, resamples=200)
 
 
+class TestOracleEffect:
+    """The inverse warp's excess over the floor: a measured invariance beside the verdict."""
+
+    def test_known_answer(self, claims):
+        # synthetic_errors plants oracle = input + excess + 0.05 in every problem
+        planted = {("inv", "shear"): 0.05, ("inv", "rotation"): 0.0, ("gen", "rotation"): 0.3}
+        for (network, family), ex in planted.items():
+            row = claims[(claims["network"] == network) & (claims["family"] == family)].iloc[0]
+            assert row["oracle_effect"] == pytest.approx(ex + 0.05, abs=1e-12)
+            assert row["oracle_effect_low"] <= row["oracle_effect"] <= row["oracle_effect_high"]
+            assert "not invariant" in invariance_clause(row)
+
+    def test_invariant_features(self):
+        errors = synthetic_errors({("inv", "rotation"): 0.0})
+        oracle = errors["measure"] == "oracle"
+        inputs = errors.loc[errors["measure"] == "input", "error"].to_numpy()
+        errors.loc[oracle, "error"] = inputs  # the inverse warp is as good as the floor
+        row = claims_table(errors, {"inv": ["rotation"]}, margin=0.001, resamples=200).iloc[0]
+        assert row["oracle_effect"] == 0.0
+        assert invariance_clause(row).startswith("the features are invariant there")
+
+    def test_decides_nothing(self, claims):
+        # the verdicts are the rule's alone: the same table without the oracle measure
+        errors = pd.concat(
+            [synthetic_errors({("inv", "shear"): 0.05}),
+             synthetic_errors({("inv", "shear"): 0.05}, evaluation="dense")],
+            ignore_index=True,
+        )
+        with_oracle = claims_table(errors, {"inv": []}, margin=0.001, resamples=200)
+        without = claims_table(errors[errors["measure"] != "oracle"], {"inv": []},
+                               margin=0.001, resamples=200)
+        assert with_oracle["verdict"].tolist() == without["verdict"].tolist()
+        assert without["oracle_effect"].isna().all()
+        assert invariance_clause(without.iloc[0]) == ""
+
+
 def _section(text: str, title: str) -> list[str]:
     lines = text.splitlines()
     start = lines.index(f"#### {title}")
@@ -324,7 +361,9 @@ class TestClaimsSummaryMarkdown:
             )
             assert f"floor {r['floor']:.3g}, resolution {r['resolution']:.3g}" in line
             assert f"at magnitude {r['largest_magnitude']:g}" in line
-            assert line.endswith(disagreement_reason(r))
+            invariance = invariance_clause(r)
+            assert invariance  # the fixture's errors hold the oracle measure
+            assert line.endswith(f"{disagreement_reason(r)}; {invariance}")
         for ev, title in (("dense", "dense"), ("as_built", "as built")):
             n = int(((claims["evaluation"] == ev) & (claims["agreement"] == "no")).sum())
             assert f"**Disagreements, {title}** ({n}):" in text

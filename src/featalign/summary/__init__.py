@@ -63,6 +63,7 @@ from featalign.summary.families import CLAIM_FAMILIES, claim_family, deformation
 from featalign.summary.markdown import (
     claims_summary_markdown,
     disagreement_reason,
+    invariance_clause,
     verdict_grid_markdown,
 )
 from featalign.summary.separation import auc, separation_table
@@ -84,6 +85,7 @@ __all__ = [
     "deformation",
     "disagreement_reason",
     "errors_table",
+    "invariance_clause",
     "magnitude_levels",
     "mean_interval",
     "predicted",

@@ -85,6 +85,9 @@ CLAIMS_COLUMNS: tuple[str, ...] = (
     "effect_high",
     "floor",
     "resolution",
+    "oracle_effect",
+    "oracle_effect_low",
+    "oracle_effect_high",
     "excess_mean",
     "ci_low",
     "ci_high",
@@ -106,6 +109,9 @@ LEVEL_COLUMNS: tuple[str, ...] = (
     "rows",
     "floor",
     "resolution",
+    "oracle_mean",
+    "oracle_low",
+    "oracle_high",
 )
 
 #: Deformation sizes closer than this (relative to max(1, size)) are equal: pooled.
@@ -212,7 +218,9 @@ def magnitude_levels(
         ``magnitude`` the level's magnitude of largest absolute value (the larger on a
         tie), ``members`` all its magnitudes (text); ``mean``, ``low``, ``high``, ``n``,
         ``rows`` as :func:`~featalign.summary.excess.mean_interval`; ``floor`` the mean
-        ``input`` error, ``resolution`` = floor + margin.
+        ``input`` error, ``resolution`` = floor + margin; ``oracle_mean``, ``oracle_low``,
+        ``oracle_high`` the same statistics of ``oracle_excess`` (the inverse warp's excess
+        over the floor: the features' measured distance from invariance at that level).
     """
     if excess.empty:
         return pd.DataFrame(columns=list(LEVEL_COLUMNS))
@@ -224,8 +232,15 @@ def magnitude_levels(
     stats = mean_interval(
         frame, keys, "excess", confidence=confidence, resamples=resamples, seed=seed
     )
+    if "oracle_excess" not in frame.columns:  # rows of another measurement (recognition)
+        frame = frame.assign(oracle_excess=np.nan)
+    oracle = mean_interval(
+        frame, keys, "oracle_excess", confidence=confidence, resamples=resamples, seed=seed
+    )
     grouped = frame.groupby(keys, sort=True, dropna=False)
     floor = grouped["input"].mean().to_numpy()
+    for col in ("mean", "low", "high"):
+        stats[f"oracle_{col}"] = oracle[col].to_numpy()
     mags = [sorted(set(v.tolist())) for _, v in grouped["magnitude"]]
     stats["magnitude"] = [max(v, key=lambda m: (abs(m), m)) for v in mags]
     stats["members"] = [", ".join(f"{m:g}" for m in v) for v in mags]
@@ -261,7 +276,10 @@ def claims_table(
         them; ``magnitudes`` counts the levels of the sweep (equal deformations
         pooled); ``largest_magnitude`` is the largest level's ``magnitude``
         (:func:`magnitude_levels`), ``effect``, ``effect_low``, ``effect_high`` its Ē_M
-        and interval, ``floor`` and ``resolution`` its F_M and r_M; ``agreement`` is
+        and interval, ``floor`` and ``resolution`` its F_M and r_M, ``oracle_effect``
+        (``_low``, ``_high``) the inverse warp's excess over F_M there, with its interval
+        (the features' measured distance from invariance; it explains verdicts, it does
+        not decide them); ``agreement`` is
         ``yes`` where the verdict is the prediction, ``n/a`` where the theory makes no
         prediction, and ``no`` otherwise: an ``unresolved`` or ``inconclusive``
         verdict never agrees.
@@ -301,6 +319,9 @@ def claims_table(
                 effect_high=top["high"],
                 floor=top["floor"],
                 resolution=top["resolution"],
+                oracle_effect=top["oracle_mean"],
+                oracle_effect_low=top["oracle_low"],
+                oracle_effect_high=top["oracle_high"],
                 excess_mean=r.mean,
                 ci_low=r.low,
                 ci_high=r.high,

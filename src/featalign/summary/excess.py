@@ -57,6 +57,10 @@ DEFAULT_EVALUATION = "as_built"
 def problem_excess(errors: pd.DataFrame) -> pd.DataFrame:
     """The excess of every problem: ``min(affine, dense) − input``, one row per problem.
 
+    Beside it, ``oracle_excess`` = ``oracle − input``: what the inverse warp of the
+    feature maps leaves above the floor, a direct measurement of how far the features
+    are from invariant (covariant) under the problem's transform.
+
     Args:
         errors: the tidy errors table (:data:`featalign.summary.tables.ERRORS_COLUMNS`).
             A table without an ``evaluation`` column (from before dense evaluation)
@@ -65,8 +69,8 @@ def problem_excess(errors: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per dataset × network × layer × evaluation × sample × transform, sorted by
         :data:`PROBLEM_KEYS`, with those columns, ``family``, ``magnitude``, one
-        column per measure (``affine``, ``dense`` and ``input`` always; NaN where
-        missing) and ``excess``.
+        column per measure (``affine``, ``dense``, ``input`` and ``oracle`` always; NaN
+        where missing), ``excess`` and ``oracle_excess``.
 
     Raises:
         ValueError: if the table lacks a column.
@@ -87,10 +91,13 @@ def problem_excess(errors: pd.DataFrame) -> pd.DataFrame:
     check_columns(errors, [*keys, "measure", "error"], "errors")
     wide = errors.pivot_table(index=keys, columns="measure", values="error").reset_index()
     wide.columns.name = None
-    for m in ("affine", "dense", "input"):
+    for m in ("affine", "dense", "input", "oracle"):
         if m not in wide.columns:
             wide[m] = np.nan
     wide["excess"] = wide[["affine", "dense"]].min(axis=1, skipna=True) - wide["input"]
+    # the inverse warp's own excess: how far the features are from covariant under this
+    # transform (0 where they are invariant in the theorem's sense)
+    wide["oracle_excess"] = wide["oracle"] - wide["input"]
     return wide
 
 

@@ -17,7 +17,12 @@ from featalign.summary.families import CLAIM_FAMILIES
 from featalign.summary.separation import separation_table
 from featalign.summary.tables import check_columns, ordered
 
-__all__ = ["claims_summary_markdown", "disagreement_reason", "verdict_grid_markdown"]
+__all__ = [
+    "claims_summary_markdown",
+    "disagreement_reason",
+    "invariance_clause",
+    "verdict_grid_markdown",
+]
 
 _SYMBOL = {"aligned": "A", "not aligned": "N", "unresolved": "U", "inconclusive": "?"}
 
@@ -87,6 +92,45 @@ def verdict_grid_markdown(claims: pd.DataFrame, dataset: str, evaluation: str | 
             cells.append(f"**{sym}**" if r["agreement"] == "no" else sym)
         lines.append(f"| {network} / {layer} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def invariance_clause(row: pd.Series | dict) -> str:
+    """What the inverse warp says about the features' invariance at the largest magnitude.
+
+    ``oracle_effect`` (with its interval) is the excess of T_g⁻¹ Γ(T_g f) over the floor:
+    measured on the claim's own problems, it tells whether the features themselves are
+    invariant (covariant) there, apart from whether the optimiser finds a warp. Empty
+    where the table has no such columns (from before they existed) or no finite value.
+
+    Example:
+        >>> invariance_clause(dict(oracle_effect=0.02, oracle_effect_low=0.015,
+        ...     oracle_effect_high=0.03, resolution=0.002))
+        'the features are not invariant there: the inverse warp itself leaves 0.02 [0.015, 0.03] above the floor (> resolution 0.002)'
+        >>> invariance_clause(dict(oracle_effect=0.0001, oracle_effect_low=-0.0002,
+        ...     oracle_effect_high=0.0004, resolution=0.002))
+        'the features are invariant there within the floor: the inverse warp leaves 0.0001 [-0.0002, 0.0004] (≤ resolution 0.002)'
+    """
+    try:
+        o, lo, hi, r = (
+            float(row[k]) for k in ("oracle_effect", "oracle_effect_low", "oracle_effect_high",
+                                    "resolution")
+        )
+    except (KeyError, TypeError, ValueError):
+        return ""
+    if not all(math.isfinite(x) for x in (o, lo, hi, r)):
+        return ""
+    shown = f"{o:.3g} [{lo:.3g}, {hi:.3g}]"
+    if lo > r:
+        return (
+            f"the features are not invariant there: the inverse warp itself leaves {shown} "
+            f"above the floor (> resolution {r:.3g})"
+        )
+    if hi <= r:
+        return (
+            f"the features are invariant there within the floor: the inverse warp leaves "
+            f"{shown} (≤ resolution {r:.3g})"
+        )
+    return f"the inverse warp leaves {shown} above the floor, straddling resolution {r:.3g}"
 
 
 def disagreement_reason(row: pd.Series | dict) -> str:
@@ -203,12 +247,14 @@ def _plural(n: int, word: str) -> str:
 
 
 def _disagreement_line(r: pd.Series) -> str:
+    invariance = invariance_clause(r)
     return (
         f"- {r['network']} {r['layer']} {r['family']} ({r['dataset']}): **{r['verdict']}** "
         f"(predicted {r['prediction']}); effect {r['effect']:.3g} "
         f"[{r['effect_low']:.3g}, {r['effect_high']:.3g}] at magnitude "
         f"{r['largest_magnitude']:g} ({_plural(int(r['magnitudes']), 'magnitude')}), floor "
         f"{r['floor']:.3g}, resolution {r['resolution']:.3g}: {disagreement_reason(r)}"
+        + (f"; {invariance}" if invariance else "")
     )
 
 
