@@ -108,6 +108,10 @@ def recognition_files():
     )
 
 
+def recognition_params(wildcards):
+    return dict(PLAN.recognition_params)
+
+
 def alignment_params(wildcards):
     return dict(PLAN.alignment_params)
 

@@ -19,7 +19,7 @@ rule recognize:
         options=network_params,
         plugin_dirs=PLUGIN_DIRS,
         device=config["device"],
-        section=PLAN.recognition_params,
+        section=recognition_params,
     script:
         "../scripts/recognize.py"
 

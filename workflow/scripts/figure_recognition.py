@@ -4,7 +4,7 @@ from featalign.figures.recognition import plot_recognition
 from featalign.recognition import problem_table, recognition_table
 from featalign.runtime import log_to
 
-log_to(snakemake.log[0])  # noqa: F821
+log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 out, claims = snakemake.output, snakemake.params.claims  # noqa: F821
 table = recognition_table(problem_table(snakemake.input[0]), confidence=claims["confidence"],  # noqa: F821
                           resamples=claims["bootstrap"], seed=snakemake.params.seed)  # noqa: F821  # fmt: skip

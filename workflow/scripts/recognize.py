@@ -11,7 +11,7 @@ from featalign.plugins import get_network
 from featalign.recognition import build_classifier, recognition_dataset, recognition_digits
 from featalign.runtime import log_to, resolve_device
 
-log_to(snakemake.log[0])  # noqa: F821
+log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 inp, p, w = snakemake.input, snakemake.params, snakemake.wildcards  # noqa: F821
 options = dict(p.options)
 meta = None
