@@ -30,7 +30,7 @@ from featalign.align.measures import (
     _sum_sq,
     _sum_sq_in_dtype,
 )
-from featalign.align.pyramid import _gaussian_blur, _pyramid_sigmas
+from featalign.align.pyramid import _gaussian_blur, _pyramid_sigmas, coarse_grid, reduce
 from featalign.geometry import Grid, check_shape, compose
 
 __all__ = ["AffineFit", "fit_affine"]
@@ -119,23 +119,34 @@ def _sample_slots(
 class _Level:
     """One pyramid level of the fixed target: values, steepest-descent images and Hessian.
 
-    Coarse levels (σ ≥ 2) use every ⌊σ⌋-th feature pixel of R along each axis: the
-    blurred maps are smooth there, and the warp then costs a fraction of a full one.
+    Coarse levels (σ ≥ 2) use every s-th feature pixel of R along each axis (s = ⌊σ⌋,
+    halved while fewer than 24 points of R would remain)
+    and read the moving maps downsampled to that lattice (:func:`~featalign.align.pyramid.reduce`,
+    anti-aliased by the level's own blur): a coarse warp then costs a fraction of a
+    full one. The target's values and gradients are taken at full resolution and read
+    at those points.
+
+    Attributes:
+        grid: the lattice of this level's moving maps (:meth:`reduce`'s output).
+        pts: the points of R on it.
     """
 
     def __init__(self, target: torch.Tensor, sigma: float, grid: Grid, mask: torch.Tensor):
         spacing = max(1, int(sigma))
-        sub = mask.clone()
+        sub, step = mask.clone(), 1
         while spacing > 1:
             keep = torch.zeros_like(mask)
             keep[spacing // 2 :: spacing, spacing // 2 :: spacing] = True
             if int((mask & keep).sum()) >= 24:
-                sub = mask & keep
+                sub, step = mask & keep, spacing
                 break
             spacing //= 2
         self.sigma = sigma
-        self.pts = _points(grid, sub)
-        pts = self.pts
+        self.step = step
+        self.grid = coarse_grid(grid, step)
+        phase = step // 2
+        self.pts = _points(self.grid, sub[phase::step, phase::step])
+        pts = _points(grid, sub)  # the same points, indexed on the full lattice
         blurred = _gaussian_blur(target, sigma)
         self.values = _at(blurred, pts)  # (S, C, N)
         self.scale = _sum_sq(self.values).cpu()
@@ -149,19 +160,22 @@ class _Level:
         self.hessian = torch.einsum("scnk,scnl->skl", sd, sd).cpu()  # (S, 6, 6)
         self.sd = sd.to(target.dtype).flatten(1, 2)  # (S, C·N, 6)
 
+    def reduce(self, maps: torch.Tensor) -> torch.Tensor:
+        """Moving maps (..., h, w) at this level: blurred by σ, on :attr:`grid`."""
+        return reduce(maps, self.sigma, self.step)
+
     def residual(
         self,
         maps: torch.Tensor,
         matrix: torch.Tensor,
         target_index: torch.Tensor,
-        grid: Grid,
         *,
         with_grad: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Warp and compare K matrices per map: returns (Σ e², Σ SDᵀ e).
 
         Args:
-            maps: (V, C, h, w) moving maps, sorted by target.
+            maps: (V, C, h', w') moving maps on :attr:`grid` (:meth:`reduce`), sorted by target.
             matrix: (V, K, 2, 3).
             target_index: (V,) the target of each map.
             with_grad: compute Σ SDᵀ e too (else None).
@@ -171,7 +185,7 @@ class _Level:
             the maps' dtype (:func:`~featalign.align.measures._sum_sq_in_dtype`).
         """
         v, k = matrix.shape[:2]
-        warped = _sample_slots(maps, matrix, grid, self.pts)  # (V, C, K, N)
+        warped = _sample_slots(maps, matrix, self.grid, self.pts)  # (V, C, K, N)
         c, n = warped.shape[1], warped.shape[3]
         loss = torch.empty(v, k, dtype=torch.float64)
         grad = torch.empty(v, k, 6, dtype=torch.float64) if with_grad else None
@@ -210,7 +224,6 @@ def _gauss_newton_level(
     level: _Level,
     matrix: torch.Tensor,
     active: torch.Tensor,
-    grid: Grid,
     *,
     max_iter: int,
     rtol: float,
@@ -223,7 +236,7 @@ def _gauss_newton_level(
     residual, so nothing else is re-warped.
 
     Args:
-        maps: (U, C, h, w) blurred moving maps, sorted by target.
+        maps: (U, C, h', w') moving maps at the level (:meth:`_Level.reduce`), sorted by target.
         target_index: (U,) the target of each map.
         matrix: (U, K, 2, 3) float64 on the CPU; updated in place and returned.
         active: (U, K) the starts to optimise (the others are left as they are).
@@ -246,7 +259,7 @@ def _gauss_newton_level(
     if rows.numel():
         order, ok_slot = _active_slots(active[rows])
         r2 = rows[:, None].expand_as(order)
-        l0, g0 = level.residual(held_maps, matrix[r2, order], target_index[rows], grid)
+        l0, g0 = level.residual(held_maps, matrix[r2, order], target_index[rows])
         loss[r2, order] = torch.where(ok_slot, l0, loss[r2, order])
         grad[r2, order] = torch.where(ok_slot[..., None], g0, grad[r2, order])
     for _ in range(max_iter):
@@ -273,7 +286,7 @@ def _gauss_newton_level(
         ).view_as(current)
         ok = _valid_matrix(trial) & slot
         trial = torch.where(ok[..., None, None], trial, current)
-        loss_new, grad_new = level.residual(held_maps, trial, held_target_index, grid)
+        loss_new, grad_new = level.residual(held_maps, trial, held_target_index)
         old = loss[r2, order]
         acc = ok & torch.isfinite(loss_new) & (loss_new < old)
         matrix[r2, order] = torch.where(acc[..., None, None], trial, current)
@@ -298,7 +311,6 @@ def _adam_level(
     level: _Level,
     target_index: torch.Tensor,
     matrix: torch.Tensor,
-    grid: Grid,
     *,
     max_iter: int,
     rtol: float,
@@ -322,7 +334,7 @@ def _adam_level(
     for _ in range(max_iter):
         opt.zero_grad()
         m = q * scale
-        loss = _sum_sq_in_dtype(_sample(gathered, m, grid, pts) - values)
+        loss = _sum_sq_in_dtype(_sample(gathered, m, level.grid, pts) - values)
         with torch.no_grad():
             lc = loss.detach().cpu()
             better = lc < best
@@ -344,7 +356,6 @@ def _adam_slots(
     level: _Level,
     matrix: torch.Tensor,
     active: torch.Tensor,
-    grid: Grid,
     *,
     max_iter: int,
     rtol: float,
@@ -362,7 +373,6 @@ def _adam_slots(
             level,
             target_index[u_idx],
             matrix[u_idx, k_idx],
-            grid,
             max_iter=max_iter,
             rtol=rtol,
             lr=lr,
@@ -501,7 +511,7 @@ def fit_affine(
         loss0 = torch.cat(
             [
                 full.residual(
-                    chunk_maps, m0[:, k : k + slots], chunk_target_index, grid, with_grad=False
+                    chunk_maps, m0[:, k : k + slots], chunk_target_index, with_grad=False
                 )[0]
                 for k in range(0, k_count, slots)
             ],
@@ -514,16 +524,16 @@ def fit_affine(
         run = torch.ones(m.shape[:2], dtype=torch.bool)  # the starts still optimised
         for li, (sigma, level) in enumerate(zip(levels_sigma, levels)):
             last = li == len(levels) - 1
-            maps_l = _gaussian_blur(chunk_maps, sigma)
+            maps_l = level.reduce(chunk_maps)
             kwargs = {"max_iter": max_iter, "rtol": rtol if last else rtol * 100}
             if method == "gauss_newton":
                 xt = xtol if last else xtol * 10
                 m, loss_l, it_l, conv_l = _gauss_newton_level(
-                    maps_l, chunk_target_index, level, m, run, grid, xtol=xt, **kwargs
+                    maps_l, chunk_target_index, level, m, run, xtol=xt, **kwargs
                 )
             else:
                 m, loss_l, it_l, conv_l = _adam_slots(
-                    maps_l, chunk_target_index, level, m, run, grid, lr=adam_lr, **kwargs
+                    maps_l, chunk_target_index, level, m, run, lr=adam_lr, **kwargs
                 )
             loss = torch.where(run, loss_l, loss)
             conv = torch.where(run, conv_l, conv)
@@ -563,7 +573,6 @@ def fit_affine(
                 full,
                 chunk_target_index,
                 win_m[ps].clone(),
-                grid,
                 max_iter=polish_iter,
                 rtol=0.0,
                 lr=adam_lr * 0.1,
