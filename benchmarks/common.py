@@ -58,6 +58,7 @@ __all__ = [
     "RESULTS",
     "Goal",
     "Problems",
+    "Ratio",
     "environment",
     "error_summary",
     "final_error",
@@ -65,6 +66,8 @@ __all__ = [
     "goal_line",
     "make_problems",
     "matrix_rms_pixels",
+    "paired_ratio",
+    "seconds_of",
     "set_threads",
     "time_call",
     "write_json",
@@ -349,6 +352,96 @@ def time_call(
                 break
         samples.append(dt / calls)
     return {"median": statistics.median(samples), "min": min(samples), "samples": samples}
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A speed ratio from paired, interleaved timings, with its spread.
+
+    Each repeat times the numerator and the denominator back to back (their order
+    alternating between repeats), and gives one ratio: a burst of load on a shared
+    machine then moves both timings of a pair alike. The interval is the range of the
+    paired ratios; a goal on the ratio counts as met only when the whole interval meets
+    it (:meth:`meets`), so a verdict does not flip with the noise of one run.
+
+    Attributes:
+        samples: the paired ratios, one per repeat.
+    """
+
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        """The median paired ratio."""
+        return statistics.median(self.samples)
+
+    @property
+    def low(self) -> float:
+        """The smallest paired ratio."""
+        return min(self.samples)
+
+    @property
+    def high(self) -> float:
+        """The largest paired ratio."""
+        return max(self.samples)
+
+    def meets(self, target: str) -> bool:
+        """Whether the whole interval meets ``">= x"`` or ``"<= x"`` (a trailing ``x`` ignored).
+
+        Example:
+            >>> r = Ratio((1.8, 2.2, 2.0))
+            >>> r.meets(">= 1.5x"), r.meets(">= 2x"), r.meets("<= 2.5x")
+            (True, False, True)
+        """
+        op, value = target.split()
+        bound = float(value.rstrip("x"))
+        if op == ">=":
+            return self.low >= bound
+        if op == "<=":
+            return self.high <= bound
+        raise ValueError(f"a ratio goal is '>= x' or '<= x', got {target!r}")
+
+    def text(self, digits: int = 2) -> str:
+        """``median x [low, high]``, e.g. ``2.00x [1.80, 2.20]``."""
+        return f"{self.median:.{digits}f}x [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+    def goal(self, name: str, target: str, note: str = "") -> Goal:
+        """The goal line of this ratio: met only when its whole interval meets ``target``."""
+        spread = f"median and range of {len(self.samples)} paired, interleaved repeats"
+        return Goal(name, self.text(), target, self.meets(target), f"{spread}. {note}".strip())
+
+
+def paired_ratio(
+    numerator: Callable[[], float], denominator: Callable[[], float], repeats: int
+) -> Ratio:
+    """Time two callables in interleaved pairs; each returns its own seconds.
+
+    Repeat i calls both back to back (numerator first on even i, denominator first on
+    odd i) and records numerator / denominator.
+
+    Example:
+        >>> paired_ratio(lambda: 2.0, lambda: 1.0, 3).samples
+        (2.0, 2.0, 2.0)
+    """
+    out = []
+    for i in range(repeats):
+        if i % 2 == 0:
+            num = numerator()
+            den = denominator()
+        else:
+            den = denominator()
+            num = numerator()
+        out.append(num / den)
+    return Ratio(tuple(out))
+
+
+def seconds_of(fn: Callable[[], Any], min_seconds: float = 0.0) -> Callable[[], float]:
+    """A callable that runs ``fn`` (looped until ``min_seconds``) and returns seconds per call."""
+
+    def timed() -> float:
+        return time_call(fn, repeats=1, warmup=0, min_seconds=min_seconds)["median"]
+
+    return timed
 
 
 # --------------------------------------------------------------------------- output
