@@ -371,6 +371,13 @@ def _decide(
 ) -> dict[str, np.ndarray]:
     """Every decision for one sample set, in batches of samples.
 
+    A warp moves the maps' deviation from the empty canvas's maps b = body_k(0) and
+    samples it with zero padding: x ↦ b + W(x − b). The images are content on a zero
+    background, so b is what any image's maps hold away from the content; a plain
+    zero-padded warp would bring in zeros at the border instead, maps no image
+    produces (MobileNetV2 normalises a black canvas to far-from-zero activations),
+    which a head that pools the whole map reads.
+
     Args:
         images: (S, C, n, n); transformed, realigned: (S, T, C, n, n).
         mats: (T, 2, 3) the transforms T_g.
@@ -393,6 +400,8 @@ def _decide(
     }
     inverse = geometry.invert(mats)
     c_in = classifier.spec.in_channels
+    blank = torch.zeros(1, c_in, *images.shape[-2:], device=device)
+    background = classifier.body(blank)  # body_k of the empty canvas: what surrounds content
     for start in tqdm(range(0, s, batch_size), desc=what, unit="batch", disable=not progress):
         sl = slice(start, min(start + batch_size, s))
         b = sl.stop - sl.start
@@ -403,13 +412,14 @@ def _decide(
             ref_f, moved, back = f[:b], f[b : b + b * t], f[b + b * t :]
             grid = dataclasses.replace(grids[layer], height=f.shape[-2], width=f.shape[-1])
             inv = inverse[None].expand(b, t, 2, 3).reshape(-1, 2, 3)
-            variants = {
-                "none": moved,
-                "oracle": geometry.warp(moved, inv, grid),
-                "input": back,
-            }
+            bg = background[layer]
+
+            def warped(maps: torch.Tensor, tgt_from_src: torch.Tensor) -> torch.Tensor:
+                return bg + geometry.warp(maps - bg, tgt_from_src, grid)  # noqa: B023
+
+            variants = {"none": moved, "oracle": warped(moved, inv), "input": back}
             if affine is not None:
-                variants["affine"] = geometry.warp(moved, affine[layer][sl].reshape(-1, 2, 3), grid)
+                variants["affine"] = warped(moved, affine[layer][sl].reshape(-1, 2, 3))
             head = classifier.heads[layer]
             ref_p = torch.softmax(head(ref_f).double(), -1)
             ref_c = ref_p.argmax(-1)
