@@ -1,8 +1,8 @@
 """Figure: what a classifier decides after each alignment of layer k, against magnitude.
 
 One panel per (transformation family, layer): the agreement of the top-1 decision with
-the untransformed image's (or, where the samples have labels, the accuracy) against
-the magnitude, one line per alignment (``none``, ``oracle``, ``affine``, ``input``)
+the untransformed image's against the magnitude (the accuracy, where the samples have
+labels, is in ``recognition.csv``), one line per alignment (``none``, ``oracle``, ``affine``, ``input``)
 with its Wilson interval as a band; each alignment on its own sample set
 (:data:`featalign.recognition.PRIMARY_SET`: ``affine`` on the dataset's samples, the
 others on the larger recognition set). A dotted line marks 1.
@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from featalign.figures.style import family_label, marker, save, style
+from featalign.figures.style import marker, save, style
 from featalign.recognition import ALIGNMENTS, PRIMARY_SET
 
 __all__ = ["ALIGNMENT_LABELS", "plot_recognition"]
@@ -51,12 +51,7 @@ def plot_recognition(
     """
     if table.empty:
         raise ValueError("no recognition rows to draw")
-    labelled = bool((table["labelled"] > 0).all())
-    y, what = (
-        ("accuracy", "accuracy (top-1 = label)")
-        if labelled
-        else ("agreement", "agreement with the untransformed decision")
-    )
+    y, what = "agreement", "agreement with the untransformed image's decision"
     rows = table[table["sample_set"] == table["alignment"].map(PRIMARY_SET)]
     layers = rows[["layer", "depth"]].drop_duplicates().sort_values("depth")["layer"].tolist()
     families = [f for f in dict.fromkeys(rows["family"]) if f]
@@ -87,7 +82,7 @@ def plot_recognition(
                     stride = int(here["stride"].iloc[0]) if not here.empty else 0
                     ax.set_title(f"{layer} (stride {stride})")
                 if j == 0:
-                    ax.set_ylabel(f"{family_label(family)}\n{y}")
+                    ax.set_ylabel(f"{family.replace('_', ' ')}\n{y}")
                 if i == len(families) - 1:
                     ax.set_xlabel("magnitude")
         handles, labels = axes[0, 0].get_legend_handles_labels()
