@@ -63,7 +63,8 @@ def plot_stn_accuracy(
                             color=colour, capsize=3, label="mean, interval over seeds", zorder=3)  # fmt: skip
                 ax.set_ylabel(MEASURE_LABELS[measure])
                 if i == 0:
-                    ax.set_title(f"{dataset} ({seeds['family'].iloc[0]})")
+                    family = seeds["family"].iloc[0]
+                    ax.set_title(dataset if dataset == family else f"{dataset} ({family})")
             axes[-1, j].set_xticks(range(len(variants)), variants)
             axes[-1, j].set_xlabel("placement of the transformer")
         axes[0, 0].legend(loc="lower left", fontsize="small")
