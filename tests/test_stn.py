@@ -99,7 +99,7 @@ class TestConfig:
         assert len(plan_stn(cfg["stn"]).runs) >= 36
 
     def test_nothing_configured_is_refused(self):
-        assert refused({"seed": 0}).startswith("datasets: no dataset configured")
+        assert refused({"seed": 0}).startswith("datasets: empty, no dataset configured")
 
     @pytest.mark.parametrize(
         "changes,message",

@@ -207,8 +207,8 @@ def check_config(config: Mapping[str, Any]) -> None:
 
         check_stn(config["stn"])
     if not datasets and config.get("stn") is None:
-        raise ConfigError("datasets: no dataset configured; add one, e.g. datasets: {photos: "
-                          "{source: photographs}}")
+        raise ConfigError("datasets: empty, no dataset configured; add one, e.g. datasets: "
+                          "{photos: {source: photographs}}, or an stn section (the STN study alone)")
     for top_family in (config.get("transforms") or {}):
         if top_family not in geometry.FAMILIES:
             raise ConfigError(
