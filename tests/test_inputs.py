@@ -365,6 +365,7 @@ def test_option_values_are_refused_before_any_job(network, options, message):
 
 def test_a_canvas_that_a_declared_stride_does_not_divide_is_refused():
     cfg = base_config()
+    cfg["networks"].pop("mnist_cnn", None)  # the first strided network named is vgg_random
     cfg["datasets"]["tiny_photos"]["size"] = 30
     assert refused(copy.deepcopy(cfg)) == (
         "datasets.tiny_photos.size: canvas 30 px is not a multiple of 4, the stride of layer "
