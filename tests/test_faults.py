@@ -54,7 +54,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featalign.geometry import FAMILIES
-from featalign.io import FileError, atomic_path, open_dataset, write_netcdf
+from featalign.io import FileError, atomic_path, open_dataset, read_finite, write_netcdf
 
 TEST_CONFIG = ROOT / "config" / "test.yaml"
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -467,9 +467,12 @@ def truncate(path: Path) -> None:
 
 def read_as_consumer(kind: str, path: Path):
     """What the next stage does with a file: the library calls of the adapters."""
-    if kind == "dataset":  # workflow/scripts/features.py
-        return open_dataset(path, kind="dataset", rebuild=f"snakemake {path}",
-                            variables=("image", "transformed", "realigned"))
+    if kind == "dataset":  # workflow/scripts/features.py: opened lazily, read a sample at a time
+        names = ("image", "transformed", "realigned")
+        with open_dataset(path, kind="dataset", rebuild=f"snakemake {path}", variables=names,
+                          lazy=True) as ds:
+            return [read_finite(ds, name, sample=s) for s in range(ds.sizes["sample"])
+                    for name in names]
     if kind == "features":  # workflow/scripts/align.py
         from featalign.align.files import alignment_dataset
 

@@ -15,6 +15,10 @@ A dataset file (``results/datasets/{dataset}.nc``) holds
 Content is smoothed (σ ≈ 1 px, which lowers the interpolation floor) and
 multiplied by a soft circular window, so that every transform of the config
 keeps it inside the canvas. Generation is seeded and deterministic.
+
+The workflow's dataset job (:func:`write_dataset`) warps and writes the
+(sample, transform) images a chunk at a time (``features.chunk`` images), holding
+the originals and one chunk; :func:`build_dataset` builds the same content in memory.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ import xarray as xr
 from scipy import ndimage
 
 from featalign import geometry
-from featalign.io import make_attrs
+from featalign.io import Pending, incremental_netcdf, make_attrs
 
 __all__ = [
     "DatasetSpec",
+    "IMAGE_ATTRS",
     "LEAK_TOLERANCE",
     "MNIST_DIGITS",
     "PHOTOGRAPHS",
@@ -45,6 +50,7 @@ __all__ = [
     "offline_photographs",
     "soft_window",
     "transform_table",
+    "write_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -307,75 +313,57 @@ def _leaked_energy(images: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def build_dataset(
-    spec: DatasetSpec,
-    sweep: Mapping[str, Sequence[float]],
-    *,
-    affine_draws: int = 1,
-    config: Any = None,
-    rule: str = "",
-) -> xr.Dataset:
-    """Generate a dataset: windowed images, their transforms and the realigned images.
-
-    Args:
-        spec: the dataset's config.
-        sweep: family -> magnitudes.
-        affine_draws: random draws per magnitude of the affine family.
-        config: the config section recorded as provenance.
-        rule: the Snakemake rule, recorded as provenance.
-
-    Returns:
-        The dataset as described in the module docstring.
-
-    Raises:
-        ValueError: if a transform carries more than ``LEAK_TOLERANCE`` of the
-            energy outside the canvas (the config check should have caught it).
-    """
+def _originals(spec: DatasetSpec) -> tuple[torch.Tensor, list[str]]:
+    """The windowed originals f, (S, C, n, n) float64, and each sample's description."""
     raw, described = load_source(spec)
     img = raw
     if spec.smoothing > 0:
         img = ndimage.gaussian_filter(img, sigma=(0, 0, spec.smoothing, spec.smoothing))
     img = img * soft_window(spec.size, spec.window_radius, spec.window_taper)
-    images = torch.from_numpy(np.ascontiguousarray(img))
-    fams, mags, mats = transform_table(sweep, affine_draws=affine_draws, seed=spec.seed)
-    s, c, n, _ = images.shape
-    t_count = mats.shape[0]
-    log.info("dataset %s: %d samples x %d transforms of %dx%d", spec.name, s, t_count, n, n)
-    flat = images[:, None].expand(s, t_count, c, n, n).reshape(s * t_count, c, n, n)
-    fwd = mats[None].expand(s, t_count, 2, 3).reshape(-1, 2, 3)
-    transformed = geometry.warp(flat, fwd)
-    realigned = geometry.warp(transformed, geometry.invert(fwd))
-    leak = _leaked_energy(images, mats)
-    if t_count and float(leak.max()) > LEAK_TOLERANCE:
+    return torch.from_numpy(np.ascontiguousarray(img)), described
+
+
+def _check_leak(spec: DatasetSpec, leak: torch.Tensor, fams: list[str], mags: list[float]) -> None:
+    if leak.numel() and float(leak.max()) > LEAK_TOLERANCE:
         s_i, t_i = np.unravel_index(int(leak.argmax()), leak.shape)
         raise ValueError(
             f"datasets.{spec.name}: transform {fams[t_i]} {mags[t_i]} carries "
             f"{float(leak.max()):.2e} of the energy outside the canvas (limit {LEAK_TOLERANCE}); "
             "raise size or lower window.radius"
         )
+
+
+def _frame(
+    spec: DatasetSpec,
+    images: torch.Tensor,
+    described: list[str],
+    table: tuple[list[str], list[float], torch.Tensor],
+    leak: torch.Tensor,
+    images_of: dict[str, np.ndarray],
+    config: Any,
+    rule: str,
+) -> xr.Dataset:
+    """The dataset file's content; ``images_of`` holds ``transformed`` and ``realigned``
+    (S, T, C, n, n) float32, or neither (:func:`write_dataset` fills them in later)."""
+    fams, mags, mats = table
+    s, c, n, _ = images.shape
     centred = np.arange(n) - (n - 1) / 2
     channel_names = ["grey"] if c == 1 else ["red", "green", "blue"][:c]
     px = {"units": "pixel"}
-    ds = xr.Dataset(
-        {
-            "image": (("sample", "channel", "y", "x"), images.float().numpy(),
-                      {"long_name": "original image f", "units": "1"}),
-            "transformed": (
-                ("sample", "transform", "channel", "y", "x"),
-                transformed.reshape(s, t_count, c, n, n).float().numpy(),
-                {"long_name": "transformed image T_g f", "units": "1"},
-            ),
-            "realigned": (
-                ("sample", "transform", "channel", "y", "x"),
-                realigned.reshape(s, t_count, c, n, n).float().numpy(),
-                {"long_name": "realigned image T_g^-1 T_g f", "units": "1"},
-            ),
-            "leaked_energy": (("sample", "transform"), leak.numpy(),
-                              {"long_name": "energy of T_g f outside the canvas", "units": "1"}),
-        },
+    dims = ("sample", "transform", "channel", "y", "x")
+    variables: dict[str, tuple] = {
+        "image": (("sample", "channel", "y", "x"), images.float().numpy(),
+                  {"long_name": "original image f", "units": "1"}),
+    }
+    for name, values in images_of.items():
+        variables[name] = (dims, values, IMAGE_ATTRS[name])
+    variables["leaked_energy"] = (("sample", "transform"), leak.numpy(),
+                                  {"long_name": "energy of T_g f outside the canvas", "units": "1"})
+    return xr.Dataset(
+        variables,
         coords={
             "sample": ("sample", np.arange(s), {"long_name": "sample"}),
-            "transform": ("transform", np.arange(t_count), {"long_name": "transform"}),
+            "transform": ("transform", np.arange(len(fams)), {"long_name": "transform"}),
             "channel": ("channel", channel_names),
             "y": ("y", centred, {"long_name": "y (down), centred", **px}),
             "x": ("x", centred, {"long_name": "x (right), centred", **px}),
@@ -406,4 +394,120 @@ def build_dataset(
             source_kind=spec.source,
         ),
     )
-    return ds
+
+
+#: Attributes of the dataset's (sample, transform) images.
+IMAGE_ATTRS = {
+    "transformed": {"long_name": "transformed image T_g f", "units": "1"},
+    "realigned": {"long_name": "realigned image T_g^-1 T_g f", "units": "1"},
+}
+
+
+def build_dataset(
+    spec: DatasetSpec,
+    sweep: Mapping[str, Sequence[float]],
+    *,
+    affine_draws: int = 1,
+    config: Any = None,
+    rule: str = "",
+) -> xr.Dataset:
+    """Generate a dataset in memory: windowed images, their transforms and the realigned images.
+
+    Holds every (sample, transform) image at once, in float64 while warping; the
+    workflow's dataset job writes the same file a chunk at a time instead
+    (:func:`write_dataset`).
+
+    Args:
+        spec: the dataset's config.
+        sweep: family -> magnitudes.
+        affine_draws: random draws per magnitude of the affine family.
+        config: the config section recorded as provenance.
+        rule: the Snakemake rule, recorded as provenance.
+
+    Returns:
+        The dataset as described in the module docstring.
+
+    Raises:
+        ValueError: if a transform carries more than ``LEAK_TOLERANCE`` of the
+            energy outside the canvas (the config check should have caught it).
+    """
+    images, described = _originals(spec)
+    table = transform_table(sweep, affine_draws=affine_draws, seed=spec.seed)
+    mats = table[2]
+    s, c, n, _ = images.shape
+    t_count = mats.shape[0]
+    log.info("dataset %s: %d samples x %d transforms of %dx%d", spec.name, s, t_count, n, n)
+    flat = images[:, None].expand(s, t_count, c, n, n).reshape(s * t_count, c, n, n)
+    fwd = mats[None].expand(s, t_count, 2, 3).reshape(-1, 2, 3)
+    transformed = geometry.warp(flat, fwd)
+    realigned = geometry.warp(transformed, geometry.invert(fwd))
+    leak = _leaked_energy(images, mats)
+    _check_leak(spec, leak, table[0], table[1])
+    images_of = {
+        "transformed": transformed.reshape(s, t_count, c, n, n).float().numpy(),
+        "realigned": realigned.reshape(s, t_count, c, n, n).float().numpy(),
+    }
+    return _frame(spec, images, described, table, leak, images_of, config, rule)
+
+
+def write_dataset(
+    spec: DatasetSpec,
+    sweep: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    affine_draws: int = 1,
+    chunk: int = 32,
+    config: Any = None,
+    rule: str = "",
+    keep_previous: bool = False,
+) -> Path:
+    """The file of :func:`build_dataset`, generated and written a chunk at a time.
+
+    The transformed and realigned images are warped and written ``chunk // 2``
+    transforms of one sample at a time (at least one), so that the job holds the
+    originals (S, C, n, n) and one chunk, not every (sample, transform) image; each
+    image is its own HDF5 chunk, the shape the features job reads
+    (:func:`featalign.features.write_features`). The values, variables and attributes
+    are those of ``write_netcdf(build_dataset(...))``; the file appears at ``path``
+    only once complete (:func:`featalign.io.incremental_netcdf`).
+
+    Args:
+        spec, sweep, affine_draws, config, rule: as :func:`build_dataset`.
+        path: the dataset file to write.
+        chunk: images per chunk (>= 1; the config's ``features.chunk``).
+        keep_previous: also :func:`featalign.io.keep_as_previous` (the workflow's jobs do).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: ``chunk`` < 1, or a transform leaks (as :func:`build_dataset`),
+            before anything is written.
+    """
+    if int(chunk) < 1:
+        raise ValueError(f"features.chunk is {chunk}; give at least 1 image per chunk")
+    images, described = _originals(spec)
+    table = transform_table(sweep, affine_draws=affine_draws, seed=spec.seed)
+    mats = table[2]
+    s, c, n, _ = images.shape
+    t_count = mats.shape[0]
+    per = max(1, int(chunk) // 2)
+    log.info("dataset %s: %d samples x %d transforms of %dx%d, written %d transforms at a time",
+             spec.name, s, t_count, n, n, per)
+    leak = torch.cat([_leaked_energy(images[i : i + per], mats) for i in range(0, s, per)]) \
+        if s else torch.zeros(0, t_count, dtype=images.dtype)
+    _check_leak(spec, leak, table[0], table[1])
+    frame = _frame(spec, images, described, table, leak, {}, config, rule)
+    dims = ("sample", "transform", "channel", "y", "x")
+    pending = {"/": {name: Pending(dims, attrs, chunks=(1, 1, c, n, n))
+                     for name, attrs in IMAGE_ATTRS.items()}}
+    with incremental_netcdf(frame, path, pending, keep_previous=keep_previous) as nc:
+        for i in range(s):
+            for t0 in range(0, t_count, per):
+                fwd = mats[t0 : t0 + per]
+                one = images[i : i + 1].expand(len(fwd), c, n, n).contiguous()
+                transformed = geometry.warp(one, fwd)
+                realigned = geometry.warp(transformed, geometry.invert(fwd))
+                nc["transformed"][i, t0 : t0 + len(fwd)] = transformed.float().numpy()
+                nc["realigned"][i, t0 : t0 + len(fwd)] = realigned.float().numpy()
+    return Path(path)

@@ -45,6 +45,13 @@ stride, and s² times the pixels of each strided layer (one stride-1 map each).
 
 Feature maps are float32, zlib-compressed; each layer is its own netCDF group,
 so one layer reads without the rest.
+
+**Memory.** The workflow's features job (:func:`write_features`) reads the
+dataset, runs the network and writes the maps ``features.chunk`` images at a time,
+so that it holds one chunk's maps (and their dense maps), whatever the number of
+samples and transforms; each image's map is its own HDF5 chunk, which the align
+stage reads a sample at a time. :func:`extract_features` builds the same content in
+memory (tests, small data).
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,13 +75,22 @@ from tqdm import tqdm
 from featalign import __version__
 from featalign.extractor import build_extractor
 from featalign.geometry import Grid
-from featalign.io import file_sha256, make_attrs
+from featalign.io import Pending, file_sha256, incremental_netcdf, make_attrs, read_finite
 from featalign.lattice import probe_grid
 from featalign.plugins import NetworkSpec, PluginError
 from featalign.runtime import BatchSizer, is_out_of_memory
 from featalign.stitch import dense_phases, phase_padding, shift_and_stitch
 
-__all__ = ["FeatureError", "convert_channels", "extract_features", "layer_grid", "padding_for"]
+__all__ = [
+    "CHUNK",
+    "MAX_CHUNK_BYTES",
+    "FeatureError",
+    "convert_channels",
+    "extract_features",
+    "layer_grid",
+    "padding_for",
+    "write_features",
+]
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +221,27 @@ def _forward_all(
     return out
 
 
+_SPATIAL = {"": ("y", "x"), "dense_": ("dense_y", "dense_x")}
+
+
+def _variable_frames(layer: str, prefix: str = "") -> dict[str, tuple[tuple[str, ...], dict]]:
+    """Dimensions and attributes of ``original``, ``transformed`` and ``realigned`` (with
+    ``prefix``: ``""`` as built, ``"dense_"`` shift-and-stitch)."""
+    spatial = _SPATIAL[prefix]
+    dense = " (dense, shift-and-stitch)" if prefix else ""
+    return {
+        f"{prefix}original": (("sample", "channel", *spatial),
+                              {"long_name": f"{layer} features of f{dense}", "units": "1"}),
+        f"{prefix}transformed": (("sample", "transform", "channel", *spatial),
+                                 {"long_name": f"{layer} features of T_g f{dense}", "units": "1"}),
+        f"{prefix}realigned": (("sample", "transform", "channel", *spatial),
+                               {"long_name": f"{layer} features of T_g^-1 T_g f{dense}",
+                                "units": "1"}),
+    }
+
+
 def _feature_variables(
-    layer: str,
-    f: np.ndarray,
-    samples: int,
-    transforms: int,
-    spatial: tuple[str, str],
-    prefix: str = "",
+    layer: str, f: np.ndarray, samples: int, transforms: int, prefix: str = ""
 ) -> dict[str, tuple]:
     """``original``, ``transformed`` and ``realigned`` (with ``prefix``) from the stacked maps.
 
@@ -218,18 +250,10 @@ def _feature_variables(
     """
     s, t = samples, transforms
     c, hl, wl = f.shape[1:]
-    dense = " (dense, shift-and-stitch)" if prefix else ""
-    return {
-        f"{prefix}original": (("sample", "channel", *spatial), f[:s],
-                              {"long_name": f"{layer} features of f{dense}", "units": "1"}),
-        f"{prefix}transformed": (("sample", "transform", "channel", *spatial),
-                                 f[s : s + s * t].reshape(s, t, c, hl, wl),
-                                 {"long_name": f"{layer} features of T_g f{dense}", "units": "1"}),
-        f"{prefix}realigned": (("sample", "transform", "channel", *spatial),
-                               f[s + s * t :].reshape(s, t, c, hl, wl),
-                               {"long_name": f"{layer} features of T_g^-1 T_g f{dense}",
-                                "units": "1"}),
-    }
+    parts = (f[:s], f[s : s + s * t].reshape(s, t, c, hl, wl),
+             f[s + s * t :].reshape(s, t, c, hl, wl))
+    return {name: (dims, part, attrs)
+            for (name, (dims, attrs)), part in zip(_variable_frames(layer, prefix).items(), parts)}
 
 
 def _dense_features(
@@ -262,6 +286,208 @@ def _dense_features(
     return shift_and_stitch(forward, strided)
 
 
+@contextlib.contextmanager
+def _time_limit(seconds: float, spec: NetworkSpec, dataset: str) -> Iterator[None]:
+    """Raise PluginError in the main thread when the block runs longer than ``seconds``."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise PluginError(
+            f"{spec.display_source}: network '{spec.name}' took longer than features.timeout "
+            f"= {seconds:g} s on dataset '{dataset}'; make it faster, give it fewer or smaller "
+            "images, or raise features.timeout"
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass(frozen=True)
+class _Network:
+    """A network built and probed for one dataset: what every chunk of images needs."""
+
+    spec: NetworkSpec
+    options: dict[str, Any]
+    extractor: torch.nn.Module
+    probes: dict[str, Any]
+    pad: int
+    crops: dict[str, tuple[int, int, int]]
+    strides: dict[str, int]
+    phases: list[tuple[int, int]]
+    device: torch.device
+    batch_size: int
+    name: str
+    height: int
+    width: int
+
+
+def _prepare(
+    dataset: xr.Dataset,
+    spec: NetworkSpec,
+    options: Mapping[str, Any] | None,
+    *,
+    device: torch.device | str,
+    batch_size: int,
+    max_pad: int,
+    dense: bool,
+) -> _Network:
+    """Build and probe the network for the dataset's canvas; refuse a canvas it cannot tile."""
+    device = torch.device(device)
+    options = dict(options or {})
+    h, w = dataset.sizes["y"], dataset.sizes["x"]
+    try:
+        extractor = build_extractor(spec, options).to(device)
+        probes = probe_grid(extractor, spec.in_channels, size=h)
+    except PluginError:
+        raise
+    except Exception as exc:  # a user's plugin can raise anything: name the file
+        raise PluginError(
+            f"{spec.display_source}: network '{spec.name}' failed while being built and "
+            f"probed on a {h}x{w} input ({type(exc).__name__}: {exc}); fix the plugin and "
+            f"check it with `featalign plugins check {spec.name}`"
+        ) from exc
+    for layer, p in probes.items():
+        if h % p.stride or w % p.stride:
+            raise FeatureError(
+                f"network '{spec.name}' layer '{layer}' has stride {p.stride}, but dataset "
+                f"'{dataset.attrs.get('dataset', '?')}' has a {h}x{w} canvas; make "
+                f"datasets.<name>.size a multiple of {p.stride} (e.g. "
+                f"{p.stride * max(1, round(h / p.stride))})"
+            )
+    pad = padding_for(probes, max_pad)
+    strides = {layer: int(p.stride) for layer, p in probes.items()}
+    return _Network(
+        spec=spec, options=options, extractor=extractor, probes=probes, pad=pad,
+        crops={layer: (pad // int(p.stride), p.height, p.width) for layer, p in probes.items()},
+        strides=strides, phases=dense_phases(strides) if dense else [], device=device,
+        batch_size=batch_size, name=str(dataset.attrs.get("dataset", "dataset")),
+        height=h, width=w,
+    )
+
+
+def _maps(
+    net: _Network, images: np.ndarray, bar: tqdm, where: str = ""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """As-built and dense (strided layers, if ``net.phases``) maps of images (N, C, H, W).
+
+    Raises:
+        PluginError: a layer produced a non-finite value (``where`` names the images).
+    """
+    stack = convert_channels(torch.from_numpy(np.ascontiguousarray(images)),
+                             net.spec.in_channels).contiguous()
+    feats = _forward_all(net.extractor, stack, net.crops, pad=net.pad, device=net.device,
+                         batch_size=net.batch_size, bar=bar)
+    dense_feats: dict[str, np.ndarray] = {}
+    if net.phases:
+        dense_feats = _dense_features(net.extractor, stack, net.crops, net.strides, feats,
+                                      pad=net.pad, device=net.device,
+                                      batch_size=net.batch_size, bar=bar)
+    for layer in net.spec.layers:
+        for what, values in (("", feats[layer]), (" (dense)", dense_feats.get(layer))):
+            if values is not None and not np.isfinite(values).all():
+                bad = int((~np.isfinite(values)).sum())
+                raise PluginError(
+                    f"{net.spec.display_source}: layer '{layer}' of network '{net.spec.name}' "
+                    f"produced {bad} non-finite values{what} on dataset '{net.name}'{where}; "
+                    "make the network's outputs finite"
+                )
+    return feats, dense_feats
+
+
+def _log_plan(net: _Network, n_images: int) -> None:
+    log.info("%s on %s: %d images of %dx%d on %s", net.spec.name, net.name, n_images,
+             net.height, net.width, net.device)
+    if net.phases:
+        log.info(
+            "dense evaluation (shift-and-stitch) of %s: %d phases, %d more forward passes "
+            "of %d images",
+            ", ".join(f"{k} (stride {v})" for k, v in net.strides.items() if v > 1),
+            len(net.phases), len(net.phases) - 1, n_images,
+        )
+    elif any(v > 1 for v in net.strides.values()):
+        log.info("dense evaluation off: only the as-built maps")
+    else:
+        log.info("every layer has stride 1: the as-built maps are dense already")
+
+
+def _group_frame(
+    net: _Network, dataset: xr.Dataset, layer: str, depth: int, channels: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Coordinates and attributes of a layer's group (everything but its maps)."""
+    p = net.probes[layer]
+    h, w, s = net.height, net.width, int(p.stride)
+    coords: dict[str, Any] = {
+        "sample": dataset.sample.values,
+        "transform": dataset.transform.values,
+        "channel": np.arange(channels),
+        "y": ("y", p.offset_y + s * np.arange(p.height) - (h - 1) / 2,
+              {"long_name": "y (down), centred", "units": "pixel"}),
+        "x": ("x", p.offset_x + s * np.arange(p.width) - (w - 1) / 2,
+              {"long_name": "x (right), centred", "units": "pixel"}),
+        **{k: dataset.coords[k] for k in ("family", "magnitude", "matrix", "row", "col")},
+    }
+    extra: dict[str, Any] = {}
+    if net.phases and s > 1:
+        coords["dense_y"] = ("dense_y", p.offset_y + np.arange(s * p.height) - (h - 1) / 2,
+                             {"long_name": "y (down), centred, dense lattice", "units": "pixel"})
+        coords["dense_x"] = ("dense_x", p.offset_x + np.arange(s * p.width) - (w - 1) / 2,
+                             {"long_name": "x (right), centred, dense lattice", "units": "pixel"})
+        extra = {"dense_stride": 1, "dense_phases": s**2}
+    attrs = {
+        "source": f"featalign {__version__}",
+        "layer": layer,
+        "depth": depth,
+        "stride": p.stride,
+        "offset_y": p.offset_y,
+        "offset_x": p.offset_x,
+        "channels": channels,
+        "image_height": h,
+        "image_width": w,
+        "receptive_field_radius": p.radius,
+        "padding": net.pad,
+        "layer_node": (net.spec.nodes or {}).get(layer, layer),
+        **extra,
+    }
+    return coords, attrs
+
+
+def _root(net: _Network, dataset: xr.Dataset, config: Any, rule: str, seconds: float) -> xr.Dataset:
+    """The root group: provenance."""
+    spec, options = net.spec, net.options
+    return xr.Dataset(
+        attrs=make_attrs(
+            f"featalign features of {net.name} through {spec.name}",
+            config=config,
+            seed=int(options.get("seed", -1)) if isinstance(options.get("seed"), int) else None,
+            rule=rule,
+            dataset=net.name,
+            network=spec.name,
+            layers=",".join(spec.layers),
+            invariant_to=",".join(spec.invariant_to),
+            in_channels=spec.in_channels,
+            plugin_file=spec.display_source,
+            plugin_sha256=spec.sha256(),
+            dataset_config_sha256=str(dataset.attrs.get("config_sha256", "")),
+            weights=str(options.get("weights", "")),
+            weights_sha256=file_sha256(options["weights"]) if options.get("weights") else "",
+            dense_evaluation=int(bool(net.phases)),
+            compute_seconds=seconds,
+        )
+    )
+
+
+def _progress(net: _Network, n_images: int, progress: bool) -> tqdm:
+    return tqdm(total=n_images * max(1, len(net.phases)), desc=f"{net.spec.name} on {net.name}",
+                unit="img", disable=not progress, mininterval=1.0)
+
+
 def extract_features(
     dataset: xr.Dataset,
     spec: NetworkSpec,
@@ -276,7 +502,10 @@ def extract_features(
     config: Any = None,
     rule: str = "",
 ) -> xr.DataTree:
-    """Feature maps of a dataset's originals, transformed and realigned images.
+    """Feature maps of a dataset's originals, transformed and realigned images, in memory.
+
+    Holds every map of every layer at once (samples x transforms); the workflow's
+    features job writes the same file chunk by chunk instead (:func:`write_features`).
 
     Args:
         dataset: a dataset file's content (:mod:`featalign.datasets`).
@@ -303,185 +532,198 @@ def extract_features(
         PluginError: the network breaks its contract (non-finite outputs …).
     """
     with _time_limit(timeout, spec, str(dataset.attrs.get("dataset", "dataset"))):
-        return _extract(dataset, spec, options, device=device, batch_size=batch_size,
-                        max_pad=max_pad, dense=dense, progress=progress, config=config,
-                        rule=rule)
+        started = time.perf_counter()
+        net = _prepare(dataset, spec, options, device=device, batch_size=batch_size,
+                       max_pad=max_pad, dense=dense)
+        s, t = dataset.sizes["sample"], dataset.sizes["transform"]
+        c_in = dataset.sizes["channel"]
+        h, w = net.height, net.width
+        stack = np.concatenate([
+            read_finite(dataset, "image"),
+            read_finite(dataset, "transformed").reshape(s * t, c_in, h, w),
+            read_finite(dataset, "realigned").reshape(s * t, c_in, h, w),
+        ])
+        _log_plan(net, len(stack))
+        with _progress(net, len(stack), progress) as bar:
+            feats, dense_feats = _maps(net, stack, bar)
+        del stack
+        groups: dict[str, xr.Dataset] = {}
+        for depth, layer in enumerate(spec.layers):
+            coords, attrs = _group_frame(net, dataset, layer, depth, feats[layer].shape[1])
+            variables = _feature_variables(layer, feats[layer], s, t)
+            if layer in dense_feats:
+                variables.update(_feature_variables(layer, dense_feats[layer], s, t, "dense_"))
+            groups[f"/{layer}"] = xr.Dataset(variables, coords=coords, attrs=attrs)
+        root = _root(net, dataset, config, rule, time.perf_counter() - started)
+    return xr.DataTree.from_dict({"/": root, **groups})
 
 
-@contextlib.contextmanager
-def _time_limit(seconds: float, spec: NetworkSpec, dataset: str) -> Iterator[None]:
-    """Raise PluginError in the main thread when the block runs longer than ``seconds``."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+#: Default of ``features.chunk``: images whose maps the features job holds at once.
+CHUNK = 32
 
-    def expire(signum: int, frame: Any) -> None:
-        raise PluginError(
-            f"{spec.display_source}: network '{spec.name}' took longer than features.timeout "
-            f"= {seconds:g} s on dataset '{dataset}'; make it faster, give it fewer or smaller "
-            "images, or raise features.timeout"
-        )
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+#: The most bytes of maps (as built and dense, every layer) of one chunk: a network whose
+#: maps of ``features.chunk`` images would exceed it gets fewer images per chunk.
+MAX_CHUNK_BYTES = 512 << 20
 
 
-def _extract(
+def _bytes_per_image(net: _Network) -> int:
+    """Bytes of one image's maps, as built and dense (float32), from a forward pass of zeros."""
+    zeros = torch.zeros(1, net.spec.in_channels, net.height + 2 * net.pad,
+                        net.width + 2 * net.pad, device=net.device)
+    with torch.inference_mode():
+        out = net.extractor(zeros)
+    total = 0
+    for layer, (_, hl, wl) in net.crops.items():
+        s = net.strides[layer]
+        total += 4 * out[layer].shape[1] * hl * wl * (1 + (s * s if net.phases and s > 1 else 0))
+    return total
+
+
+def _chunks(samples: int, transforms: int, chunk: int) -> Iterator[tuple[str, int, slice]]:
+    """The chunks of :func:`write_features`, in order: ("original", first sample, samples)
+    for the originals, then ("pair", sample, transforms) for the transformed and realigned
+    images of one sample (2 images per transform).
+
+    Example:
+        >>> list(_chunks(3, 5, 4))  # doctest: +NORMALIZE_WHITESPACE
+        [('original', 0, slice(0, 3, None)), ('pair', 0, slice(0, 2, None)),
+         ('pair', 0, slice(2, 4, None)), ('pair', 0, slice(4, 5, None)),
+         ('pair', 1, slice(0, 2, None)), ('pair', 1, slice(2, 4, None)),
+         ('pair', 1, slice(4, 5, None)), ('pair', 2, slice(0, 2, None)),
+         ('pair', 2, slice(2, 4, None)), ('pair', 2, slice(4, 5, None))]
+    """
+    for s0 in range(0, samples, chunk):
+        yield "original", s0, slice(s0, min(s0 + chunk, samples))
+    per = max(1, chunk // 2)
+    for s in range(samples):
+        for t0 in range(0, transforms, per):
+            yield "pair", s, slice(t0, min(t0 + per, transforms))
+
+
+def write_features(
     dataset: xr.Dataset,
     spec: NetworkSpec,
-    options: Mapping[str, Any] | None,
+    path: str | Path,
+    options: Mapping[str, Any] | None = None,
     *,
-    device: torch.device | str,
-    batch_size: int,
-    max_pad: int,
-    dense: bool,
-    progress: bool,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    max_pad: int = 96,
+    dense: bool = True,
+    chunk: int = CHUNK,
+    timeout: float = 0.0,
+    progress: bool = True,
+    config: Any = None,
+    rule: str = "",
+    keep_previous: bool = False,
+) -> Path:
+    """The file of :func:`extract_features`, computed and written ``chunk`` images at a time.
+
+    The job's memory is the maps of one chunk (``chunk`` originals, or ``chunk // 2``
+    transforms of one sample, each transformed and realigned), their dense maps and
+    the network, whatever the number of samples and transforms; a chunk's maps take
+    at most :data:`MAX_CHUNK_BYTES` (fewer images per chunk where one image's maps are
+    large, as the dense maps of a deep layer of stride 16 or 32). ``dataset`` may be
+    opened lazily (``featalign.io.open_dataset(..., lazy=True)``): its images are
+    read a chunk at a time too, checked as they come (:func:`featalign.io.read_finite`).
+    The file holds the same variables, values and attributes as
+    ``write_netcdf(extract_features(...))``, each map stored as its own HDF5 chunk,
+    and appears at ``path`` only once complete (:func:`featalign.io.incremental_netcdf`).
+
+    Args:
+        dataset: a dataset file (:mod:`featalign.datasets`), loaded or lazy.
+        spec: the network.
+        path: the features file to write.
+        options, device, batch_size, max_pad, dense, timeout, progress, config, rule:
+            as :func:`extract_features`.
+        chunk: images per chunk (>= 1; see above; ``features.chunk``), at most: fewer
+            where their maps would exceed :data:`MAX_CHUNK_BYTES`.
+        keep_previous: also :func:`featalign.io.keep_as_previous` (the workflow's jobs do).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: ``chunk`` < 1.
+        FeatureError, PluginError: as :func:`extract_features`.
+        FileError: the dataset holds non-finite images (it is damaged).
+    """
+    if int(chunk) < 1:
+        raise ValueError(f"features.chunk is {chunk}; give at least 1 image per chunk")
+    chunk = int(chunk)
+    with _time_limit(timeout, spec, str(dataset.attrs.get("dataset", "dataset"))):
+        started = time.perf_counter()
+        net = _prepare(dataset, spec, options, device=device, batch_size=batch_size,
+                       max_pad=max_pad, dense=dense)
+        s, t = dataset.sizes["sample"], dataset.sizes["transform"]
+        n_images = s * (1 + 2 * t)
+        _log_plan(net, n_images)
+        per_image = _bytes_per_image(net)
+        fits = max(1, MAX_CHUNK_BYTES // per_image)
+        if fits < chunk:
+            log.info("one image's maps take %.1f MiB: %d images per chunk instead of "
+                     "features.chunk = %d", per_image / 2**20, fits, chunk)
+            chunk = fits
+        log.info("written in chunks of %d images (%.0f MiB of maps)", chunk,
+                 chunk * per_image / 2**20)
+        computing = time.perf_counter() - started
+        with contextlib.ExitStack() as stack, _progress(net, n_images, progress) as bar:
+            nc = None
+            for what, first, part in _chunks(s, t, chunk):
+                tic = time.perf_counter()
+                if what == "original":
+                    images = read_finite(dataset, "image", sample=part)
+                    where = f" (samples {part.start}-{part.stop - 1})"
+                else:
+                    images = np.concatenate([
+                        read_finite(dataset, name, sample=first, transform=part)
+                        for name in ("transformed", "realigned")
+                    ])
+                    where = f" (sample {first}, transforms {part.start}-{part.stop - 1})"
+                feats, dense_feats = _maps(net, images, bar, where)
+                computing += time.perf_counter() - tic
+                if nc is None:  # the first chunk tells the channels: create the file
+                    nc = stack.enter_context(_open_features(
+                        net, dataset, feats, path, config, rule, keep_previous))
+                for layer in spec.layers:
+                    g = nc[layer]
+                    for prefix, maps in (("", feats), ("dense_", dense_feats)):
+                        if layer not in maps:
+                            continue
+                        f = maps[layer]
+                        if what == "original":
+                            g[f"{prefix}original"][part] = f
+                        else:
+                            n = part.stop - part.start
+                            g[f"{prefix}transformed"][first, part] = f[:n]
+                            g[f"{prefix}realigned"][first, part] = f[n:]
+                del feats, dense_feats, images
+            nc.setncattr("compute_seconds", computing)
+    return Path(path)
+
+
+def _open_features(
+    net: _Network,
+    dataset: xr.Dataset,
+    feats: Mapping[str, np.ndarray],
+    path: str | Path,
     config: Any,
     rule: str,
-) -> xr.DataTree:
-    started = time.perf_counter()
-    device = torch.device(device)
-    options = dict(options or {})
-    images = torch.from_numpy(dataset.image.values)
-    s, _, h, w = images.shape
-    t = dataset.sizes["transform"]
-    stack = torch.cat(
-        [
-            images,
-            torch.from_numpy(dataset.transformed.values).reshape(s * t, -1, h, w),
-            torch.from_numpy(dataset.realigned.values).reshape(s * t, -1, h, w),
-        ]
-    )
-    stack = convert_channels(stack, spec.in_channels).contiguous()
-
-    try:
-        extractor = build_extractor(spec, options).to(device)
-        probes = probe_grid(extractor, spec.in_channels, size=h)
-    except PluginError:
-        raise
-    except Exception as exc:  # a user's plugin can raise anything: name the file
-        raise PluginError(
-            f"{spec.display_source}: network '{spec.name}' failed while being built and "
-            f"probed on a {h}x{w} input ({type(exc).__name__}: {exc}); fix the plugin and "
-            f"check it with `featalign plugins check {spec.name}`"
-        ) from exc
-    for layer, p in probes.items():
-        if h % p.stride or w % p.stride:
-            raise FeatureError(
-                f"network '{spec.name}' layer '{layer}' has stride {p.stride}, but dataset "
-                f"'{dataset.attrs.get('dataset', '?')}' has a {h}x{w} canvas; make "
-                f"datasets.<name>.size a multiple of {p.stride} (e.g. "
-                f"{p.stride * max(1, round(h / p.stride))})"
-            )
-    name = dataset.attrs.get("dataset", "dataset")
-    log.info("%s on %s: %d images of %dx%d on %s", spec.name, name, stack.shape[0], h, w, device)
-    pad = padding_for(probes, max_pad)
-    crops = {
-        layer: (pad // int(p.stride), p.height, p.width) for layer, p in probes.items()
-    }
-    strides = {layer: int(p.stride) for layer, p in probes.items()}
-    phases = dense_phases(strides) if dense else []
-    n_images = stack.shape[0]
-    bar = tqdm(total=n_images * max(1, len(phases)), desc=f"{spec.name} on {name}",
-               unit="img", disable=not progress, mininterval=1.0)
-    try:
-        feats = _forward_all(extractor, stack, crops, pad=pad, device=device,
-                             batch_size=batch_size, bar=bar)
-        dense_feats: dict[str, np.ndarray] = {}
-        if phases:
-            extra = sum(f.size * (strides[k] ** 2 - 1) for k, f in feats.items())
-            log.info(
-                "dense evaluation (shift-and-stitch) of %s: %d phases, %d more forward passes "
-                "of %d images, %d more feature values (%.0f MiB as float32)",
-                ", ".join(f"{k} (stride {v})" for k, v in strides.items() if v > 1),
-                len(phases), len(phases) - 1, n_images, extra, extra * 4 / 2**20,
-            )
-            dense_feats = _dense_features(extractor, stack, crops, strides, feats, pad=pad,
-                                          device=device, batch_size=batch_size, bar=bar)
-    finally:
-        bar.close()
-    if dense and not phases:
-        log.info("every layer has stride 1: the as-built maps are dense already")
-
-    transform_coords = {k: dataset.coords[k] for k in ("family", "magnitude", "matrix", "row", "col")}
+    keep_previous: bool,
+) -> contextlib.AbstractContextManager:
+    """The features file, every group's coordinates and attributes written, its maps empty."""
     groups: dict[str, xr.Dataset] = {}
-    for depth, layer in enumerate(spec.layers):
-        f = feats[layer]
-        for what, values in (("", f), (" (dense)", dense_feats.get(layer))):
-            if values is not None and not np.isfinite(values).all():
-                bad = int((~np.isfinite(values)).sum())
-                raise PluginError(
-                    f"{spec.display_source}: layer '{layer}' of network '{spec.name}' produced "
-                    f"{bad} non-finite values{what} on dataset '{name}'; make the network's "
-                    "outputs finite"
-                )
-        p = probes[layer]
-        c, hl, wl = f.shape[1:]
-        ys = p.offset_y + p.stride * np.arange(hl) - (h - 1) / 2
-        xs = p.offset_x + p.stride * np.arange(wl) - (w - 1) / 2
-        variables = _feature_variables(layer, f, s, t, ("y", "x"))
-        coords = {
-            "sample": dataset.sample.values,
-            "transform": dataset.transform.values,
-            "channel": np.arange(c),
-            "y": ("y", ys, {"long_name": "y (down), centred", "units": "pixel"}),
-            "x": ("x", xs, {"long_name": "x (right), centred", "units": "pixel"}),
-            **transform_coords,
-        }
-        extra_attrs: dict[str, Any] = {}
-        if layer in dense_feats:
-            d = dense_feats[layer]
-            variables.update(_feature_variables(layer, d, s, t, ("dense_y", "dense_x"),
-                                                prefix="dense_"))
-            dy = p.offset_y + np.arange(d.shape[-2]) - (h - 1) / 2
-            dx = p.offset_x + np.arange(d.shape[-1]) - (w - 1) / 2
-            coords["dense_y"] = ("dense_y", dy, {"long_name": "y (down), centred, dense lattice",
-                                                 "units": "pixel"})
-            coords["dense_x"] = ("dense_x", dx, {"long_name": "x (right), centred, dense lattice",
-                                                 "units": "pixel"})
-            extra_attrs = {"dense_stride": 1, "dense_phases": int(p.stride) ** 2}
-        groups[f"/{layer}"] = xr.Dataset(
-            variables,
-            coords=coords,
-            attrs={
-                "source": f"featalign {__version__}",
-                "layer": layer,
-                "depth": depth,
-                "stride": p.stride,
-                "offset_y": p.offset_y,
-                "offset_x": p.offset_x,
-                "channels": c,
-                "image_height": h,
-                "image_width": w,
-                "receptive_field_radius": p.radius,
-                "padding": pad,
-                "layer_node": (spec.nodes or {}).get(layer, layer),
-                **extra_attrs,
-            },
-        )
-    root = xr.Dataset(
-        attrs=make_attrs(
-            f"featalign features of {name} through {spec.name}",
-            config=config,
-            seed=int(options.get("seed", -1)) if isinstance(options.get("seed"), int) else None,
-            rule=rule,
-            dataset=str(name),
-            network=spec.name,
-            layers=",".join(spec.layers),
-            invariant_to=",".join(spec.invariant_to),
-            in_channels=spec.in_channels,
-            plugin_file=spec.display_source,
-            plugin_sha256=spec.sha256(),
-            dataset_config_sha256=str(dataset.attrs.get("config_sha256", "")),
-            weights=str(options.get("weights", "")),
-            weights_sha256=file_sha256(options["weights"]) if options.get("weights") else "",
-            dense_evaluation=int(bool(phases)),
-            compute_seconds=time.perf_counter() - started,
-        )
-    )
-    return xr.DataTree.from_dict({"/": root, **groups})
+    pending: dict[str, dict[str, Pending]] = {}
+    for depth, layer in enumerate(net.spec.layers):
+        c = feats[layer].shape[1]
+        coords, attrs = _group_frame(net, dataset, layer, depth, c)
+        groups[f"/{layer}"] = xr.Dataset(coords=coords, attrs=attrs)
+        pending[f"/{layer}"] = {}
+        for prefix in ("", "dense_") if "dense_stride" in attrs else ("",):
+            for name, (dims, var_attrs) in _variable_frames(layer, prefix).items():
+                lead = len(dims) - 3
+                shape = [groups[f"/{layer}"].sizes[d] for d in dims[lead:]]
+                pending[f"/{layer}"][name] = Pending(dims, var_attrs,
+                                                     chunks=(1,) * lead + tuple(shape))
+    tree = xr.DataTree.from_dict({"/": _root(net, dataset, config, rule, 0.0), **groups})
+    return incremental_netcdf(tree, path, pending, keep_previous=keep_previous)

@@ -11,6 +11,12 @@ file they complete a second name under :data:`PREVIOUS_DIR`
 (:func:`keep_as_previous`, a hard link: no extra disk while the file is current),
 which holds the last complete file until a rerun completes and replaces it
 (README, "Troubleshooting").
+
+Large files are written incrementally (:func:`incremental_netcdf`): xarray writes the
+coordinates, attributes and small variables, then the large variables are created with
+the same encoding and filled slice by slice, so that a job holds one chunk of them in
+memory, not the whole array. Such files are read the same way
+(``open_dataset(..., lazy=True)`` and :func:`read_finite`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,13 +48,16 @@ __all__ = [
     "TIME_ATTRS",
     "PREVIOUS_DIR",
     "FileError",
+    "Pending",
     "atomic_path",
     "config_digest",
     "file_sha256",
     "keep_as_previous",
     "make_attrs",
     "open_dataset",
+    "incremental_netcdf",
     "previous_path",
+    "read_finite",
     "write_netcdf",
 ]
 
@@ -65,6 +75,9 @@ RUN_ATTRS = (*TIME_ATTRS, "compute_seconds")
 
 #: zlib level for every variable written (feature maps compress well).
 COMPRESSION = {"zlib": True, "complevel": 4, "fletcher32": True}
+
+#: HDF5 chunk cache per variable (bytes) of the files opened lazily (:func:`open_dataset`).
+LAZY_CHUNK_CACHE = 4 << 20
 
 #: Kinds of file whose float data are finite by construction (checked when opened).
 ALWAYS_FINITE = ("dataset", "features")
@@ -322,6 +335,18 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     return enc
 
 
+def _to_netcdf(obj: xr.Dataset | xr.DataTree, tmp: Path) -> None:
+    """Write ``obj`` to ``tmp`` with featalign's encoding (:data:`COMPRESSION`, text as chars)."""
+    if isinstance(obj, xr.DataTree):
+        enc = {node.path: _encoding(node.to_dataset(inherit=False)) for node in obj.subtree}
+        for node in obj.subtree:
+            _check_attrs(node.attrs, f"group {node.path}")
+        obj.to_netcdf(tmp, engine="netcdf4", encoding=enc)
+    else:
+        _check_attrs(obj.attrs)
+        obj.to_netcdf(tmp, engine="netcdf4", encoding=_encoding(obj))
+
+
 def write_netcdf(
     obj: xr.Dataset | xr.DataTree, path: str | os.PathLike, *, keep_previous: bool = False
 ) -> Path:
@@ -337,17 +362,129 @@ def write_netcdf(
     """
     path = Path(path)
     with atomic_path(path) as tmp:
-        if isinstance(obj, xr.DataTree):
-            enc = {node.path: _encoding(node.to_dataset(inherit=False)) for node in obj.subtree}
-            for node in obj.subtree:
-                _check_attrs(node.attrs, f"group {node.path}")
-            obj.to_netcdf(tmp, engine="netcdf4", encoding=enc)
-        else:
-            _check_attrs(obj.attrs)
-            obj.to_netcdf(tmp, engine="netcdf4", encoding=_encoding(obj))
+        _to_netcdf(obj, tmp)
     if keep_previous:
         keep_as_previous(path)
     return path
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A data variable that :func:`incremental_netcdf` creates empty, to be filled in slices.
+
+    Attributes:
+        dims: its dimensions (all present in its group, as coordinates).
+        attrs: its attributes (``long_name``, ``units`` …).
+        dtype: its numpy dtype (float32 for images and feature maps).
+        chunks: the HDF5 chunk shape; a job that writes whole chunks never rereads
+            or recompresses one (the features and dataset stages write one chunk
+            per image: every leading dimension 1). The variable's chunk cache is then
+            one chunk: a chunk written whole goes to disk instead of HDF5's default
+            cache of 64 MiB per variable, which would hold written chunks in memory.
+    """
+
+    dims: tuple[str, ...]
+    attrs: Mapping[str, Any]
+    dtype: str = "float32"
+    chunks: tuple[int, ...] | None = None
+
+
+def _coordinates_attr(ds: xr.Dataset, dims: tuple[str, ...]) -> str:
+    """The ``coordinates`` attribute xarray writes for a data variable of ``dims``:
+    the non-dimension coordinates whose dimensions it has, sorted."""
+    names = (str(k) for k, c in ds.coords.items() if k not in ds.dims and set(c.dims) <= set(dims))
+    return " ".join(sorted(names))
+
+
+@contextlib.contextmanager
+def incremental_netcdf(
+    obj: xr.Dataset | xr.DataTree,
+    path: str | os.PathLike,
+    pending: Mapping[str, Mapping[str, Pending]],
+    *,
+    keep_previous: bool = False,
+) -> Iterator[Any]:
+    """Write ``obj`` atomically, adding the empty variables ``pending`` for the caller to fill.
+
+    The file is that of :func:`write_netcdf` for ``obj`` with the pending variables
+    in it: the same encoding (:data:`COMPRESSION`, float fill value NaN), the
+    attributes given and the ``coordinates`` attribute xarray would write, so every
+    reader sees the same variables; they come after ``obj``'s own in the file. The
+    caller fills them through the open ``netCDF4.Dataset`` yielded, e.g.
+    ``nc["/block1"]["transformed"][s, t0:t1] = maps``; a slice never written reads
+    as NaN (which :func:`open_dataset` and :func:`read_finite` refuse). The file
+    appears at ``path`` (renamed, :func:`atomic_path`) only when the block ends
+    without an exception.
+
+    Args:
+        obj: coordinates, attributes and small variables (a DataTree: one entry of
+            ``pending`` per group path, ``"/"`` for the root).
+        path: the file.
+        pending: group path -> variable name -> :class:`Pending`.
+        keep_previous: then also :func:`keep_as_previous`.
+
+    Yields:
+        The open ``netCDF4.Dataset``; its global attributes may still be set
+        (``compute_seconds`` once known).
+    """
+    import netCDF4
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        _to_netcdf(obj, tmp)
+        with netCDF4.Dataset(tmp, "a") as nc:
+            for group, variables in pending.items():
+                if isinstance(obj, xr.DataTree):
+                    ds = obj[group].to_dataset(inherit=False)
+                else:
+                    ds = obj
+                g = nc if group in ("", "/") else nc[group.strip("/")]
+                _check_attrs(ds.attrs, f"group {group}")
+                covered: set[str] = set()
+                for name in ds.data_vars:
+                    covered.update(_coordinates_attr(ds, ds[name].dims).split())
+                for name, var in variables.items():
+                    dtype = np.dtype(var.dtype)
+                    v = g.createVariable(
+                        name, dtype, var.dims, chunksizes=var.chunks,
+                        fill_value=dtype.type(np.nan) if dtype.kind == "f" else None,
+                        **COMPRESSION,
+                    )
+                    attrs = dict(_check_attrs(var.attrs, f"variable {name}"))
+                    coords = _coordinates_attr(ds, var.dims)
+                    if coords:
+                        attrs["coordinates"] = coords
+                        covered.update(coords.split())
+                    v.setncatts(attrs)
+                    if var.chunks:  # HDF5 would keep up to 64 MiB of written chunks per variable
+                        v.set_var_chunk_cache(size=int(np.prod(var.chunks)) * dtype.itemsize)
+                # xarray names the coordinates that no variable lists in a global attribute
+                rest = " ".join(sorted(
+                    str(k) for k in ds.coords if k not in ds.dims and k not in covered
+                ))
+                if rest:
+                    g.setncattr("coordinates", rest)
+                elif "coordinates" in g.ncattrs():
+                    g.delncattr("coordinates")
+            yield nc
+    if keep_previous:
+        keep_as_previous(path)
+
+
+def _finite(values: np.ndarray, rows: int = 64) -> bool:
+    """Whether every value is finite, checked ``rows`` leading rows at a time (no
+    full-size boolean temporary)."""
+    if values.ndim == 0:
+        return bool(np.isfinite(values))
+    return all(bool(np.isfinite(values[i : i + rows]).all()) for i in range(0, len(values), rows))
+
+
+def _damaged(kind: str, path: Path, name: str, rebuild: str) -> FileError:
+    return FileError(
+        f"{kind} file {path} cannot be read ({name} has non-finite values, which "
+        f"featalign never writes); it is damaged or incomplete: delete it and "
+        f"rebuild with: {rebuild}"
+    )
 
 
 def open_dataset(
@@ -358,8 +495,16 @@ def open_dataset(
     variables: tuple[str, ...] = (),
     attrs: tuple[str, ...] = (),
     group: str | None = None,
+    lazy: bool = False,
 ) -> xr.Dataset:
-    """Open a featalign netCDF file (fully loaded), refusing anything that is not one.
+    """Open a featalign netCDF file, refusing anything that is not one.
+
+    Float data of the kinds in :data:`ALWAYS_FINITE` (images, feature maps) must be
+    finite: a chunk whose index a damaged byte broke reads back as NaN. Loaded
+    (the default), the whole file is read and checked here. ``lazy``, nothing but
+    coordinates is read: the caller reads slices with :func:`read_finite`, which
+    checks each slice as it comes (the data are read once, a chunk at a time), and
+    closes the dataset (``ds.close()``, or ``with open_dataset(...) as ds``).
 
     Args:
         path: the file.
@@ -368,6 +513,7 @@ def open_dataset(
         variables: data variables that must be present.
         attrs: attributes that must be present (``stride`` of a layer …).
         group: a netCDF group to open (one layer of a features file).
+        lazy: leave the data on disk (see above).
 
     Raises:
         FileError: naming the file, the problem and the command that rebuilds it.
@@ -375,34 +521,72 @@ def open_dataset(
     path = Path(path)
     if not path.exists():
         raise FileError(f"{kind} file {path} does not exist; build it with: {rebuild}")
+    if lazy:
+        import netCDF4
+
+        # for the variables of files opened from now on: slices are read whole chunks at a
+        # time, which gain nothing from HDF5's default cache of 64 MiB per variable
+        netCDF4.set_chunk_cache(LAZY_CHUNK_CACHE)
     try:
-        with xr.open_dataset(path, engine="netcdf4", group=group) as ds:
-            ds = ds.load()
+        ds = xr.open_dataset(path, engine="netcdf4", group=group)
+        if not lazy:
+            with ds:
+                ds = ds.load()
     except Exception as exc:  # netCDF4/HDF5 raise many types for a damaged file
         raise FileError(
             f"{kind} file {path} cannot be read ({type(exc).__name__}: {exc}); "
             f"it is damaged or incomplete: delete it and rebuild with: {rebuild}"
         ) from exc
-    src = str(ds.attrs.get("source", ""))
-    if not src.startswith("featalign"):
-        raise FileError(
-            f"{kind} file {path} was not written by featalign (no 'source' attribute); "
-            f"delete it and rebuild with: {rebuild}"
-        )
-    missing = [v for v in variables if v not in ds] + [a for a in attrs if a not in ds.attrs]
-    if missing:
-        raise FileError(
-            f"{kind} file {path} lacks {', '.join(missing)} (written by {src}?); "
-            f"delete it and rebuild with: {rebuild}"
-        )
-    if kind in ALWAYS_FINITE:
-        # images and feature maps are finite when written (the stages refuse anything else);
-        # a chunk whose index a damaged byte broke reads back as fill values (NaN), silently
-        for name, var in ds.data_vars.items():
-            if var.dtype.kind == "f" and not bool(np.isfinite(var.values).all()):
-                raise FileError(
-                    f"{kind} file {path} cannot be read ({name} has non-finite values, which "
-                    f"featalign never writes); it is damaged or incomplete: delete it and "
-                    f"rebuild with: {rebuild}"
-                )
+    try:
+        src = str(ds.attrs.get("source", ""))
+        if not src.startswith("featalign"):
+            raise FileError(
+                f"{kind} file {path} was not written by featalign (no 'source' attribute); "
+                f"delete it and rebuild with: {rebuild}"
+            )
+        missing = [v for v in variables if v not in ds] + [a for a in attrs if a not in ds.attrs]
+        if missing:
+            raise FileError(
+                f"{kind} file {path} lacks {', '.join(missing)} (written by {src}?); "
+                f"delete it and rebuild with: {rebuild}"
+            )
+        if kind in ALWAYS_FINITE and not lazy:
+            # images and feature maps are finite when written (the stages refuse anything
+            # else); a chunk whose index a damaged byte broke reads back as NaN, silently
+            for name, var in ds.data_vars.items():
+                if var.dtype.kind == "f" and not _finite(var.values):
+                    raise _damaged(kind, path, str(name), rebuild)
+    except FileError:
+        ds.close()
+        raise
+    ds.encoding["featalign_file"] = (str(path), kind, rebuild)
     return ds
+
+
+def read_finite(ds: xr.Dataset, name: str, **index: Any) -> np.ndarray:
+    """Read a slice of a variable of a file opened by :func:`open_dataset`, checked.
+
+    Args:
+        ds: the opened file (lazy or loaded).
+        name: the variable.
+        index: positional indices by dimension, as ``ds[name].isel(**index)``
+            (``sample=3, transform=slice(0, 16)``).
+
+    Returns:
+        The slice's values.
+
+    Raises:
+        FileError: float data of a kind in :data:`ALWAYS_FINITE` hold a non-finite
+            value (the file is damaged); a file that cannot be read any more.
+    """
+    path, kind, rebuild = ds.encoding.get("featalign_file", ("?", "", ""))
+    try:
+        values = ds[name].isel(index).values
+    except Exception as exc:  # netCDF4/HDF5 raise many types for a damaged chunk
+        raise FileError(
+            f"{kind} file {path} cannot be read ({type(exc).__name__}: {exc}); "
+            f"it is damaged or incomplete: delete it and rebuild with: {rebuild}"
+        ) from exc
+    if kind in ALWAYS_FINITE and values.dtype.kind == "f" and not _finite(values):
+        raise _damaged(kind, Path(path), name, rebuild)
+    return values
