@@ -37,7 +37,8 @@ attributes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,20 @@ import numpy as np
 import torch
 import xarray as xr
 
-from featalign.align.layer import ALIGNMENT_DEFAULTS, LayerAlignment, align_layer
-from featalign.align.measures import NORMALISATION, EmptyRegionError
+from featalign.align.layer import (
+    ALIGNMENT_DEFAULTS,
+    LayerAlignment,
+    align_layer,
+    oracle_points,
+)
+from featalign.align.measures import MEASURES, NORMALISATION, EmptyRegionError
+from featalign.align.mixing import mixing_in_chunks
 from featalign.features import layer_grid
 from featalign.geometry import Grid
-from featalign.io import FileError, make_attrs, open_dataset
+from featalign.io import FileError, make_attrs, open_dataset, read_finite
 from featalign.runtime import retry_on_out_of_memory, working_elements
 
-__all__ = ["EVALUATIONS", "alignment_dataset", "layer_names"]
+__all__ = ["EVALUATIONS", "alignment_dataset", "layer_names", "samples_per_chunk"]
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +84,12 @@ def _check_maps(
     names: tuple[str, str, str],
     path: Path,
     layer: str,
-    attrs: Mapping[str, Any],
     rebuild: str,
 ) -> None:
-    """Refuse non-finite maps and shapes that disagree (original, transformed, realigned)."""
-    for name in names:
-        if not np.isfinite(ds[name].values).all():
-            raise FileError(
-                f"features file {path}, layer {layer!r}: {name} holds NaN or Inf; "
-                f"check the network with `featalign plugins check {attrs.get('network', '')}` "
-                f"and rebuild with: {rebuild}"
-            )
+    """Refuse shapes that disagree (original, transformed, realigned), reading no data.
+
+    Finiteness is checked as the maps are read (:func:`featalign.io.read_finite`).
+    """
     original, transformed, realigned = (ds[name] for name in names)
     s, c, h, w = original.shape
     if transformed.shape != (s, ds.sizes["transform"], c, h, w) or (
@@ -100,9 +102,42 @@ def _check_maps(
         )
 
 
-def _dense_maps(
-    ds: xr.Dataset, path: Path, layer: str, attrs: Mapping[str, Any], rebuild: str
-) -> bool:
+def samples_per_chunk(ds: xr.Dataset, names: tuple[str, str, str], elements: int) -> int:
+    """Samples whose maps (Γ(f), and Γ(T_g f), Γ(T_g⁻¹ T_g f) of every transform) the align
+    stage reads at once: as many as fit ``elements`` float32 values, at least one.
+
+    Example:
+        >>> ds = xr.Dataset({"o": (("sample", "c"), np.zeros((8, 10))),
+        ...                  "t": (("sample", "transform", "c"), np.zeros((8, 2, 10)))})
+        >>> samples_per_chunk(ds, ("o", "t", "t"), 120), samples_per_chunk(ds, ("o", "t", "t"), 1)
+        (2, 1)
+    """
+    per_sample = sum(int(np.prod(ds[name].shape[1:])) for name in names)
+    return max(1, min(ds.sizes["sample"], int(elements) // max(1, per_sample)))
+
+
+def _concat(parts: list[LayerAlignment]) -> LayerAlignment:
+    """One :class:`LayerAlignment` from those of consecutive chunks of samples."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+
+    def cat(field: str) -> torch.Tensor:
+        return torch.cat([getattr(p, field) for p in parts])
+
+    return replace(
+        first,
+        **{
+            field: cat(field)
+            for field in ("errors", "affine_matrix", "affine_iterations", "affine_converged",
+                          "affine_start", "start_error", "dense_displacement_rms",
+                          "dense_control")
+        },
+        seconds={k: sum(p.seconds.get(k, 0.0) for p in parts) for k in first.seconds},
+    )
+
+
+def _dense_maps(ds: xr.Dataset, path: Path, layer: str, rebuild: str) -> bool:
     """Whether the layer group holds dense maps (checked like the as-built ones)."""
     present = [name for name in _DENSE if name in ds]
     if not present:
@@ -120,7 +155,7 @@ def _dense_maps(
             f"{ds.sizes.get('dense_y')}x{ds.sizes.get('dense_x')} where {want[0]}x{want[1]} "
             f"belongs to stride {stride}); delete it and rebuild with: {rebuild}"
         )
-    _check_maps(ds, _DENSE, path, layer, attrs, rebuild)
+    _check_maps(ds, _DENSE, path, layer, rebuild)
     return True
 
 
@@ -178,7 +213,7 @@ def alignment_dataset(
     root = xr.open_datatree(path)
     attrs = dict(root.attrs)
     root.close()
-    ds = open_dataset(
+    with open_dataset(
         path,
         kind="features",
         rebuild=rebuild,
@@ -193,46 +228,93 @@ def alignment_dataset(
             "depth",
             "channels",
         ),
-    )
-    _check_maps(ds, _AS_BUILT, path, layer, attrs, rebuild)
+        lazy=True,
+    ) as ds:
+        return _align(ds, path, layer, attrs, rebuild, region_fraction=region_fraction,
+                      opts=opts, seed=seed, device=torch.device(device), progress=progress,
+                      config=config, rule=rule)
+
+
+def _align(
+    ds: xr.Dataset,
+    path: Path,
+    layer: str,
+    attrs: Mapping[str, Any],
+    rebuild: str,
+    *,
+    region_fraction: float,
+    opts: Mapping[str, Any],
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    config: Any,
+    rule: str,
+) -> xr.Dataset:
+    """:func:`alignment_dataset` on the opened (lazy) layer group ``ds``."""
+    _check_maps(ds, _AS_BUILT, path, layer, rebuild)
     s, c, h, w = ds.original.shape
     stride = int(ds.attrs["stride"])
     grid = layer_grid(ds)
     radius = region_fraction * min(grid.image_height or h, grid.image_width or w) / 2
-    device = torch.device(device)
-    dense_maps = _dense_maps(ds, path, layer, attrs, rebuild)
+    dense_maps = _dense_maps(ds, path, layer, rebuild)
+    matrix = torch.from_numpy(ds.matrix.values)
+    families = [str(f) for f in ds.family.values]
 
     def measure(names: tuple[str, str, str], on: Grid, evaluation: str) -> LayerAlignment:
-        def run(elements: int) -> LayerAlignment:
-            return align_layer(
-                *(torch.from_numpy(ds[name].values) for name in names),
-                torch.from_numpy(ds.matrix.values),
-                on,
-                region_radius=radius,
-                families=[str(f) for f in ds.family.values],
-                starts_per_family=int(opts["starts_per_family"]),
-                method=str(opts["method"]),
-                dense_grid=int(opts["dense_grid"]),
-                dense_smoothness=float(opts["dense_smoothness"]),
-                dense_steps=int(opts["dense_steps"]),
-                ridge=float(opts["ridge"]),
-                seed=seed,
-                device=device,
-                progress=progress,
-                max_batch_elements=elements,
-            )
+        elements = working_elements(device, int(opts["max_batch_elements"]))
+        per = samples_per_chunk(ds, names, elements)
+        if per < s:
+            log.info("%s: reading %d of %d samples at a time", evaluation, per, s)
+        chunked = per < s
 
-        try:
-            return retry_on_out_of_memory(
-                run,
-                working_elements(device, int(opts["max_batch_elements"])),
-                what=f"{path} layer {layer} ({evaluation})",
+        def read(s0: int, which: tuple[str, ...] = names) -> list[torch.Tensor]:
+            return [torch.from_numpy(read_finite(ds, name, sample=slice(s0, s0 + per)))
+                    for name in which]
+
+        parts = []
+        for s0 in range(0, s, per):
+            maps = read(s0)
+
+            def run(elements: int, maps: list[torch.Tensor] = maps) -> LayerAlignment:
+                return align_layer(
+                    *maps,
+                    matrix,
+                    on,
+                    region_radius=radius,
+                    families=families,
+                    starts_per_family=int(opts["starts_per_family"]),
+                    method=str(opts["method"]),
+                    dense_grid=int(opts["dense_grid"]),
+                    dense_smoothness=float(opts["dense_smoothness"]),
+                    dense_steps=int(opts["dense_steps"]),
+                    ridge=float(opts["ridge"]),
+                    seed=seed,
+                    device=device,
+                    progress=progress,
+                    max_batch_elements=elements,
+                    mixing=not chunked,
+                )
+
+            try:
+                parts.append(retry_on_out_of_memory(
+                    run, elements, what=f"{path} layer {layer} ({evaluation})"
+                ))
+            except EmptyRegionError as err:
+                raise FileError(
+                    f"features file {path}, layer {layer!r} ({on.height}x{on.width} at stride "
+                    f"{on.stride:g}, {evaluation}): {err}"
+                ) from None
+            del maps
+        result = _concat(parts)
+        if chunked:  # the mixing fit pools every sample: a second pass, a chunk at a time
+            def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                for s0 in range(0, s, per):
+                    yield oracle_points(*read(s0, names[:2]), matrix, on, radius, device)
+
+            result.errors[..., MEASURES.index("mixing")] = mixing_in_chunks(
+                chunks, s, float(opts["ridge"])
             )
-        except EmptyRegionError as err:
-            raise FileError(
-                f"features file {path}, layer {layer!r} ({on.height}x{on.width} at stride "
-                f"{on.stride:g}, {evaluation}): {err}"
-            ) from None
+        return result
 
     built = measure(_AS_BUILT, grid, "as built")
     if dense_maps:

@@ -31,7 +31,7 @@ from featalign.align.mixing import _mixing_from_points
 from featalign.align.starts import SYMMETRY_NAMES, family_starts, grid_symmetries
 from featalign.geometry import Grid, check_shape, invert
 
-__all__ = ["ALIGNMENT_DEFAULTS", "LayerAlignment", "align_layer"]
+__all__ = ["ALIGNMENT_DEFAULTS", "LayerAlignment", "align_layer", "oracle_points"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,59 @@ def _starts(
     return names, torch.stack(per_t)
 
 
+def _region_targets(
+    target: torch.Tensor, grid: Grid, region_radius: float
+) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """The region R (mask, points), Γ(f) at its points (S, C, N) and each sample's
+    denominator (S,), NaN where Γ(f) is constant over R."""
+    mask = region_mask(grid, region_radius)
+    pts = _points(grid, mask)
+    tv = _at(target, pts)  # (S, C, N)
+    return mask, pts, tv, _nan_where_flat(_denominator(tv))
+
+
+def _oracle(moving: torch.Tensor, g: torch.Tensor, grid: Grid, pts: Any) -> torch.Tensor:
+    """Γ(T_g f) (S, T, C, h, w) warped by the oracle g⁻¹ (g: (T, 2, 3) float64), at R's
+    points: (S, T, C, N)."""
+    s_count, t_count, c = moving.shape[:3]
+    flat_moving = moving.reshape(s_count * t_count, *moving.shape[2:])
+    oracle_m = invert(g).repeat(s_count, 1, 1)
+    return _sample(flat_moving, oracle_m, grid, pts).view(s_count, t_count, c, -1)
+
+
+def oracle_points(
+    target: torch.Tensor,
+    moving: torch.Tensor,
+    tgt_from_src: torch.Tensor,
+    grid: Grid,
+    region_radius: float,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the ``mixing`` measure needs of some samples, as :func:`align_layer` computes it.
+
+    For :func:`featalign.align.mixing.mixing_in_chunks`, when a layer's samples are
+    aligned in chunks (``align_layer(..., mixing=False)``): the mixing fit pools every
+    sample.
+
+    Args:
+        target: Γ(f), (S, C, h, w).
+        moving: Γ(T_g f), (S, T, C, h, w).
+        tgt_from_src: the transforms g, (T, 2, 3).
+        grid: the layer's lattice.
+        region_radius: radius of R in image pixels.
+        device: where to compute.
+
+    Returns:
+        The oracle-warped moving maps at R's points (S, T, C, N), the target's (S, C, N)
+        and the denominators (S,).
+    """
+    device = torch.device(device)
+    target = target.to(device, torch.float32)
+    _, pts, tv, denom = _region_targets(target, grid, region_radius)
+    g = tgt_from_src.to(torch.float64).cpu()
+    return _oracle(moving.to(device, torch.float32), g, grid, pts), tv, denom
+
+
 def align_layer(
     target: torch.Tensor,
     moving: torch.Tensor,
@@ -131,6 +184,7 @@ def align_layer(
     device: torch.device | str = "cpu",
     progress: bool = True,
     max_batch_elements: int = ALIGNMENT_DEFAULTS["max_batch_elements"],
+    mixing: bool = True,
 ) -> LayerAlignment:
     """Measure all seven errors (:data:`~featalign.align.measures.MEASURES`) of one layer.
 
@@ -168,6 +222,10 @@ def align_layer(
         max_batch_elements: memory bound per chunk of the optimisers (see
             :func:`~featalign.align.affine.fit_affine` and
             :func:`~featalign.align.dense.fit_dense`).
+        mixing: score the ``mixing`` measure (held out across these samples); False
+            leaves it NaN, for a caller that aligns a layer's samples in chunks and
+            scores it over all of them (:func:`oracle_points`,
+            :func:`~featalign.align.mixing.mixing_in_chunks`).
 
     Returns:
         A :class:`LayerAlignment`.
@@ -200,8 +258,6 @@ def align_layer(
         ("tgt_from_src", tgt_from_src),
     ):
         _check_finite(x, name)
-    mask = region_mask(grid, region_radius)
-    pts = _points(grid, mask)
     device = torch.device(device)
     s_count = dims["S"]
     timings: dict[str, float] = {}
@@ -210,8 +266,7 @@ def align_layer(
     moving = moving.to(device, torch.float32)
     realigned = realigned.to(device, torch.float32)
     g = tgt_from_src.to(torch.float64).cpu()
-    tv = _at(target, pts)  # (S, C, N)
-    denom = _nan_where_flat(_denominator(tv))
+    mask, pts, tv, denom = _region_targets(target, grid, region_radius)
     if bool(denom.isnan().any()):
         log.warning("target features are constant over R for some samples; their errors are NaN")
 
@@ -228,10 +283,10 @@ def align_layer(
 
     # oracle (through the optimiser's own sampling, so affine <= oracle exactly)
     flat_moving = moving.reshape(s_count * t_count, *moving.shape[2:])
-    oracle_m = invert(g).repeat(s_count, 1, 1)
-    oracle_pts = _sample(flat_moving, oracle_m, grid, pts).view(s_count, t_count, dims["C"], -1)
+    oracle_pts = _oracle(moving, g, grid, pts)
     errors[..., MEASURES.index("oracle")] = error(oracle_pts)
-    errors[..., MEASURES.index("mixing")] = _mixing_from_points(oracle_pts, tv, denom, ridge)
+    if mixing:
+        errors[..., MEASURES.index("mixing")] = _mixing_from_points(oracle_pts, tv, denom, ridge)
 
     image_size = (grid.image_height or dims["h"], grid.image_width or dims["w"])
     names, starts = _starts(  # starts: (T, K, 2, 3)
