@@ -2,13 +2,18 @@
 
 Usage (from the repository root; ``make bench`` / ``make bench QUICK=1``)::
 
-    .venv/bin/python benchmarks/run.py            # full: about 12 min on 2 cores
+    .venv/bin/python benchmarks/run.py            # full: about 12 min on 2 cores + the paper chain
     .venv/bin/python benchmarks/run.py --quick    # about 3 min
     .venv/bin/python benchmarks/run.py --only optimizer floor
     .venv/bin/python benchmarks/run.py --tiny --out /tmp/bench   # smoke test, seconds
 
-The workflow benchmark (last) takes about 2 min of the quick run (Snakemake on
+The workflow benchmark takes about 2 min of the quick run (Snakemake on
 ``config/test.yaml``) and about 10 min of the full one (also the default config).
+The paper-chain benchmark (last, full mode only) runs one paper-sized chain of
+``config/paper.yaml`` (dataset, features and align of vgg_random on the photographs)
+and sets each job's wall time and peak RSS against the Slurm profile's grants: about
+1.5-2 hours more on 2 cores (``--only`` leaves it out, e.g. ``--only optimizer floor
+multistart features workflow``).
 
 Each benchmark writes ``results/benchmarks/<name>.json``; this script also writes
 ``results/benchmarks/goals.json`` with all goal lines. A missed goal is reported, not
@@ -32,6 +37,7 @@ import bench_features
 import bench_floor
 import bench_multistart
 import bench_optimizer
+import bench_paper_chain
 import bench_workflow
 import common
 from common import Goal
@@ -42,7 +48,8 @@ BENCHMARKS = {
     "floor": bench_floor.main,
     "multistart": bench_multistart.main,
     "features": bench_features.main,
-    "workflow": bench_workflow.main,  # last: it runs Snakemake for minutes
+    "workflow": bench_workflow.main,  # it runs Snakemake for minutes
+    "paper_chain": bench_paper_chain.main,  # last, full mode only: one paper-sized chain
 }
 
 
