@@ -160,7 +160,7 @@ def small_config(networks: dict | None = None, plugin_dirs: list[str] | None = N
 
 
 def write_config(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 

@@ -531,7 +531,7 @@ def test_write_netcdf_keeps_nothing_unless_asked(tmp_path, monkeypatch):
 
 
 def write_config(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 

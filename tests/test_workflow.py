@@ -86,7 +86,7 @@ def test_changing_one_dataset_reruns_only_it(test_run, tmp_path):
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["datasets"]["tiny_digits"]["seed"] = 7
     changed = tmp_path / "changed.yaml"
-    changed.write_text(yaml.safe_dump(cfg))
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
     res = snakemake(test_run, "-n", "--configfile", str(changed))
     assert res.returncode == 0, res.stderr
     planned = planned_outputs(res)
@@ -134,7 +134,7 @@ def test_bad_config_refused_before_any_job(tmp_path, change, message):
             node = node[k]
         node[leaf] = value
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(cfg))
+    bad.write_text(yaml.safe_dump(cfg, sort_keys=False))
     res = snakemake(tmp_path, "--cores", "1", "--configfile", str(bad))
     assert res.returncode != 0
     assert "featalign: config error: " in res.stderr and message in res.stderr
@@ -161,7 +161,7 @@ def user_plugin_run(tmp_path_factory):
     cfg["plugin_dirs"] = [str(plugins)]
     cfg["networks"] = {"my_blur": {"width": 4}, "my_other": {"datasets": ["tiny_photos"]}}
     path = base / "user.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     work = base / "work"
     res = snakemake(work, "--cores", "2", "--configfile", str(path))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -202,7 +202,7 @@ def test_unknown_network_refused(tmp_path):
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["networks"] = {"vgg_randon": {}}
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(cfg))
+    bad.write_text(yaml.safe_dump(cfg, sort_keys=False))
     res = snakemake(tmp_path, "--cores", "1", "--configfile", str(bad))
     assert res.returncode != 0
     assert "featalign: config error: networks.vgg_randon:" in res.stderr
