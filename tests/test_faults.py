@@ -435,7 +435,9 @@ def test_crash_during_features_then_resume(slow_setup, baseline, tmp_path):
 def test_crash_during_alignment_then_resume(slow_setup, baseline, tmp_path):
     config, _ = slow_setup
     work = tmp_path / "work"
-    proc = start(work, config, "--cores", "2")
+    # one alignment job at a time (align jobs take one core, so two would run at once): the
+    # next job's log then shows that Snakemake has recorded the first one as finished
+    proc = start(work, config, "--cores", "2", "--set-threads", "align=2")
     done = [work / ALIGNMENT.format(layer=layer) for layer in LAYERS]
     logs = [work / "logs" / "align" / "tiny_photos" / "slowpoint" / f"{layer}.log"
             for layer in LAYERS]

@@ -328,7 +328,10 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     for name, var in ds.variables.items():
         if var.dtype.kind in "fiu" and var.ndim > 0:
             enc[str(name)] = dict(COMPRESSION)
-        elif var.dtype.kind in "US" and var.ndim > 0:
+        elif var.ndim > 0 and (
+            var.dtype.kind in "US"
+            or (var.dtype.kind == "O" and all(isinstance(v, str) for v in var.values.flat))
+        ):
             # text as compressed characters, not variable-length strings: a damaged byte then
             # fails zlib's checksum (FileError) instead of silently renaming a coordinate
             enc[str(name)] = {"dtype": "S1", **COMPRESSION}
