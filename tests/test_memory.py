@@ -188,8 +188,9 @@ class TestWriteFeatures:
 
 
 def _peak_mb(code: str, tmp_path: Path) -> float:
-    """Peak RSS (MB) of a fresh interpreter that runs ``code`` (names of this module's
-    imports available; ``folder`` is ``tmp_path``)."""
+    """Peak RSS (MB) of a fresh interpreter while it runs ``code``, after its imports (names
+    of this module's imports available; ``folder`` is ``tmp_path``): the imports' own peak,
+    which varies with the environment, would hide what ``code`` allocates."""
     script = textwrap.dedent(f"""
         import resource
         from pathlib import Path
@@ -202,7 +203,13 @@ def _peak_mb(code: str, tmp_path: Path) -> float:
         spec = lambda s: DatasetSpec(name="m", source="textures", samples=s, size=96)
         sweep = lambda t: {{"rotation": list(np.linspace(5, 175, t))}}
         lazy = lambda p: open_dataset(p, kind="dataset", rebuild="x", lazy=True)
-    """) + textwrap.dedent(code) + "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        # the peak from here on, not the imports' (Linux: "5" resets VmHWM to the current RSS)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    """) + textwrap.dedent(code) + textwrap.dedent("""
+        peak = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
+        print(int(peak.split()[1]))
+    """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True)
     return int(out.stdout.split()[-1]) / 1024
