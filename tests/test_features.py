@@ -205,3 +205,58 @@ class TestDenseEvaluation:
             # the as-built map cannot follow a sub-stride shift: it samples other positions
             built_a, built_b = a[layer].original.values, b[layer].original.values
             assert np.abs(built_b[..., 1:, 1:] - built_a[..., :-1, :-1]).max() > 1e-3 * scale
+
+
+@pytest.fixture(scope="module")
+def small(dataset) -> xr.Dataset:
+    return dataset.isel(sample=[0], transform=[0, 2])
+
+
+class TestStageByStage:
+    """A chain of stages (featalign.nets.Tapped) is evaluated densely stage by stage: each
+    stage once per phase of its own stride (featalign.stitch.stitch_stages), checked on the
+    job's first images against plain shift-and-stitch."""
+
+    def _dense(self, tree: xr.DataTree) -> dict[str, np.ndarray]:
+        return {f"{layer}/{v}": tree[layer][f"dense_{v}"].values
+                for layer in ("block2", "block3")
+                for v in ("original", "transformed", "realigned")}
+
+    def test_equals_plain_shift_and_stitch(self, small, monkeypatch, caplog):
+        net = get_network("vgg_random")
+        with caplog.at_level("INFO", logger="featalign.features"):
+            staged = extract_features(small, net, {"width": 4}, progress=False)
+        assert "dense evaluation stage by stage: equals plain" in caplog.text
+        monkeypatch.setattr("featalign.features._stages", lambda extractor: None)
+        plain = extract_features(small, net, {"width": 4}, progress=False)
+        got, want = self._dense(staged), self._dense(plain)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=0,
+                                       atol=1e-6 * np.abs(want[key]).max(), err_msg=key)
+
+    def test_falls_back_where_the_stages_are_not_sliding_windows(self, small, monkeypatch,
+                                                                   caplog):
+        """A chain the check finds different from the network (here: a stage that
+        rescales by position) is not used: the maps are plain shift-and-stitch's."""
+        from featalign import features
+
+        real = features._stages
+
+        class Ramp(torch.nn.Module):
+            def forward(self, x):
+                return x * torch.linspace(1, 2, x.shape[-1], dtype=x.dtype)
+
+        def skewed(extractor):
+            chain = list(real(extractor))
+            return tuple(chain[:1]) + (("ramp#", Ramp()),) + tuple(chain[1:])
+
+        net = get_network("vgg_random")
+        monkeypatch.setattr("featalign.features._stages", lambda extractor: None)
+        plain_tree = extract_features(small, net, {"width": 4}, progress=False)
+        monkeypatch.setattr("featalign.features._stages", skewed)
+        with caplog.at_level("WARNING", logger="featalign.features"):
+            tree = extract_features(small, net, {"width": 4}, progress=False)
+        assert "plain shift-and-stitch instead" in caplog.text
+        got, want = self._dense(tree), self._dense(plain_tree)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featalign.stitch import dense_phases, phase_padding, shift_and_stitch
+from featalign.stitch import (
+    dense_phases,
+    phase_padding,
+    shift_and_stitch,
+    stages_agree,
+    stitch_stages,
+)
 
 SIZE = 32
 PAD = 8  # a multiple of every stride below, wider than the receptive fields
@@ -93,3 +99,71 @@ def test_dense_maps_commute_with_every_one_pixel_shift(dy: int, dx: int) -> None
     built, built_moved = forward_phase(net, x, (0, 0)), forward_phase(net, shift(x, dy, dx), (0, 0))
     diff = np.abs(built_moved["s4"] - built["s4"]).max()
     assert diff > 1e-3 * np.abs(built["s4"]).max()
+
+
+def strided_chain(seed: int = 0) -> list[tuple[str, nn.Module]]:
+    """The same layers as :func:`strided_net`, as a chain of stages (featalign.nets.Tapped)."""
+    torch.manual_seed(seed)
+    return [
+        ("s1", nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()).double()),
+        ("s2", nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).double()),
+        ("s4", nn.AvgPool2d(2)),
+    ]
+
+
+class _Chain(nn.Module):
+    def __init__(self, chain: list[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        self.chain = nn.ModuleList(m for _, m in chain)
+        self.names = [n for n, _ in chain]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, stage in zip(self.names, self.chain):
+            x = out[name] = stage(x)
+        return out
+
+
+def _crops() -> dict[str, tuple[int, int, int]]:
+    return {layer: (PAD // s, SIZE // s, SIZE // s) for layer, s in STRIDES.items()}
+
+
+def test_stage_by_stage_equals_plain_shift_and_stitch() -> None:
+    """Known answer: each stage run once per phase of its own stride gives the plain
+    method's dense maps (s² passes of the whole network) to rounding."""
+    chain, x = strided_chain(), windowed_images(3)
+    plain = dense_maps(_Chain(chain), x)
+    with torch.no_grad():
+        staged = stitch_stages(chain, x, STRIDES, _crops(), pad=PAD)
+    assert set(staged) == {"s2", "s4"}
+    for layer in staged:
+        assert staged[layer].shape == plain[layer].shape
+        np.testing.assert_allclose(staged[layer].numpy(), plain[layer], rtol=0, atol=1e-12)
+    assert stages_agree({k: v.numpy() for k, v in staged.items()}, plain)[0]
+
+
+def test_stage_by_stage_refuses_a_wrong_stride() -> None:
+    with pytest.raises(ValueError, match="stage 's4' has stride 4 by its output size, not 8"):
+        stitch_stages(strided_chain(), windowed_images(1), {**STRIDES, "s4": 8}, _crops(),
+                      pad=PAD)
+
+
+class _Centred(nn.Module):
+    """Subtracts the map's global mean: not a sliding window (depends on the whole map)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(dim=(-2, -1), keepdim=True) * torch.linspace(0, 1, x.shape[-1],
+                                                                        dtype=x.dtype)
+
+
+def test_a_stage_that_is_no_sliding_window_is_caught() -> None:
+    """The stage-by-stage method assumes sliding-window stages; the check that guards it
+    (stages_agree) sees the difference where a stage is position-dependent."""
+    chain = strided_chain()
+    chain[1] = ("s2", nn.Sequential(chain[1][1], _Centred()))
+    x = windowed_images(2)
+    plain = dense_maps(_Chain(chain), x)
+    with torch.no_grad():
+        staged = stitch_stages(chain, x, STRIDES, _crops(), pad=PAD)
+    ok, worst = stages_agree({k: v.numpy() for k, v in staged.items()}, plain)
+    assert not ok and worst > 1e-3

@@ -23,15 +23,32 @@ The shift is applied through the zero padding that the feature stage already
 uses against border effects (:func:`phase_padding`): padding ``pad − d`` on the
 leading side and ``pad + d`` on the trailing one moves the content by −d and
 keeps the padded size, so the same crop applies to every phase.
+
+**Stage by stage** (:func:`stitch_stages`). For a network that is a chain of
+stages (:class:`featalign.nets.Tapped`), most of the s² passes repeat work: the
+first stage, at stride 1, gives the same map for every phase up to an integer
+shift. Stage k's phase d = s_{k−1}·q + r (per axis; s_{k−1} the stride of its
+input) is stage k applied to the phase-r output of stage k − 1 with its first q
+cells dropped: a chain of sliding-window stages moves its output by q cells when
+its input moves by q·s_{k−1} pixels. So stage k runs once per phase of *its own*
+stride, at its own resolution (s_k² maps of (H/s_k)² cells: one full-resolution
+map's worth), instead of once per phase of the largest stride. For the built-in
+invariant networks that is 3–4× fewer operations. It assumes sliding-window
+stages (no global pooling, no position-dependent operation before the last
+strided layer), which the plain method does not: the feature stage therefore
+checks it on the first images of every job against plain shift-and-stitch and
+falls back to the plain method where they differ (:func:`stages_agree`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-__all__ = ["dense_phases", "phase_padding", "shift_and_stitch"]
+__all__ = ["dense_phases", "phase_padding", "shift_and_stitch", "stages_agree", "stitch_stages"]
 
 
 def phase_padding(pad: int, dy: int, dx: int) -> tuple[int, int, int, int]:
@@ -103,3 +120,122 @@ def shift_and_stitch(
                                         m.dtype)
             dense[layer][..., dy::s, dx::s] = m
     return dense
+
+
+def stitch_stages(
+    stages: Sequence[tuple[str, torch.nn.Module]],
+    images: torch.Tensor,
+    strides: Mapping[str, int],
+    crops: Mapping[str, tuple[int, int, int]],
+    *,
+    pad: int,
+) -> dict[str, torch.Tensor]:
+    """Dense maps of the strided layers of a chain of stages, each stage run once per phase
+    of its own stride (module docstring, "Stage by stage").
+
+    Equal to :func:`shift_and_stitch` over ``forward`` passes that pad ``images`` by
+    :func:`phase_padding` and crop ``crops``, for chains of sliding-window stages
+    whose padding ``pad`` covers the receptive fields (up to floating-point rounding).
+
+    Args:
+        stages: (name, module) pairs; each module maps the previous output to the next.
+        images: (N, C, H, W) on the stages' device, not yet padded.
+        strides: layer -> stride, for the stages whose dense maps are wanted and the
+            others of known stride; a stage missing here gets the stride its output
+            size implies.
+        crops: layer -> (first cell, height, width) of the canvas's lattice in the map
+            of the padded image (as the as-built pass crops it).
+        pad: the zero padding per side (a multiple of every stride).
+
+    Returns:
+        layer -> dense map (N, C_l, s·h, s·w) for the layers of ``strides`` with s > 1.
+
+    Raises:
+        ValueError: a stage's output size does not fit its declared stride.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> x = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> d = stitch_stages([("a", nn.AvgPool2d(2))], x, {"a": 2}, {"a": (1, 2, 2)}, pad=2)
+        >>> d["a"][0, 0, :2].tolist()  # 2×2 means of x starting at every pixel
+        [[2.5, 3.5, 4.5, 2.5], [6.5, 7.5, 8.5, 4.5]]
+    """
+    wanted = {name: int(s) for name, s in strides.items() if int(s) > 1}
+    if not wanted:
+        return {}
+    names = [name for name, _ in stages]
+    chain = stages[: max(names.index(name) for name in wanted) + 1]
+    top = max(wanted.values())
+    ratios = _stage_ratios(chain, F.pad(images[:1], (pad,) * 4))
+    # a trailing margin: each strided stage drops up to 2·top pixels' worth of cells there
+    margin = 2 * top * sum(r > 1 for r in ratios)
+    x = F.pad(images, (pad, pad + margin, pad, pad + margin))
+    maps: dict[tuple[int, int], torch.Tensor] = {(0, 0): x}
+    s_in = 1
+    dense: dict[str, torch.Tensor] = {}
+    for (name, stage), ratio in zip(chain, ratios):
+        s_out = s_in * ratio
+        if name in strides and int(strides[name]) != s_out:
+            raise ValueError(
+                f"stage '{name}' has stride {s_out} by its output size, not {strides[name]}"
+            )
+        # phase d = s_in·q + r: the phase-r input with its first q cells dropped, all cut to
+        # one length that every later stride divides. One call per phase, each the size of
+        # an as-built pass: one call on all phases at once measured 2-3x slower per pixel
+        # on the CPU (the maps leave the cache)
+        unit = max(1, top // s_in)
+        keep = [(n - (ratio - 1)) // unit * unit for n in maps[(0, 0)].shape[-2:]]
+        new: dict[tuple[int, int], torch.Tensor] = {}
+        for dy in range(s_out):
+            for dx in range(s_out):
+                (qy, ry), (qx, rx) = divmod(dy, s_in), divmod(dx, s_in)
+                new[(dy, dx)] = stage(maps[(ry, rx)][..., qy : qy + keep[0], qx : qx + keep[1]])
+        maps = new
+        s_in = s_out
+        if name in wanted:
+            k0, h, w = crops[name]
+            sample = maps[(0, 0)]
+            if sample.shape[-2] < k0 + h or sample.shape[-1] < k0 + w:
+                raise ValueError(f"stage '{name}': its maps are too small to crop")
+            d = sample.new_empty((*sample.shape[:-2], s_out * h, s_out * w))
+            for (dy, dx), m in maps.items():
+                d[..., dy::s_out, dx::s_out] = m[..., k0 : k0 + h, k0 : k0 + w]
+            dense[name] = d
+    return dense
+
+
+def _stage_ratios(chain: Sequence[tuple[str, torch.nn.Module]], x: torch.Tensor) -> list[int]:
+    """Each stage's stride relative to its input, from one pass of ``x`` through the chain."""
+    ratios = []
+    for name, stage in chain:
+        y = stage(x)
+        ratios.append(_ratio(x.shape[-2:], y.shape[-2:], name))
+        x = y
+    return ratios
+
+
+def _ratio(size_in: Sequence[int], size_out: Sequence[int], name: str) -> int:
+    """The stride of one stage from its input and output sizes (equal along both axes)."""
+    ratios = {round(a / b) for a, b in zip(size_in, size_out)}
+    if len(ratios) != 1 or min(ratios) < 1:
+        raise ValueError(f"stage '{name}' maps {tuple(size_in)} to {tuple(size_out)}: not one "
+                         "integer stride")
+    return ratios.pop()
+
+
+def stages_agree(
+    staged: Mapping[str, np.ndarray], plain: Mapping[str, np.ndarray], rtol: float = 1e-4
+) -> tuple[bool, float]:
+    """Whether stage-by-stage dense maps equal plain shift-and-stitch's (each layer's largest
+    difference at most ``rtol`` × its largest magnitude); also the largest relative difference.
+
+    Example:
+        >>> a = {"l": np.ones((1, 2, 2))}
+        >>> stages_agree(a, {"l": a["l"] + 1e-6})[0], stages_agree(a, {"l": 2 * a["l"]})[0]
+        (True, False)
+    """
+    worst = 0.0
+    for layer, ref in plain.items():
+        scale = float(np.abs(ref).max()) or 1.0
+        worst = max(worst, float(np.abs(np.asarray(staged[layer]) - ref).max()) / scale)
+    return worst <= rtol, worst
