@@ -70,6 +70,12 @@ def head(model: nn.Module, layer: str) -> nn.Module:
     raise KeyError(f"mnist_cnn has no layer {layer!r}")
 
 
+def stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """conv1 and conv2 as a chain (for the stage-by-stage dense evaluation)."""
+    return [("conv1", nn.Sequential(model.conv1, model.pool1, model.relu1)),
+            ("conv2", nn.Sequential(model.conv2, model.pool2, model.relu2))]
+
+
 @functools.wraps(train_mnist_cnn)  # its signature: the options featalign checks before any job
 def train(out: Path, **options: Any) -> None:
     """Write trained weights to ``out``; options: those of ``train_mnist_cnn``."""
@@ -90,6 +96,7 @@ def train(out: Path, **options: Any) -> None:
     train=train,
     strides={"conv1": 2, "conv2": 4},
     head=head,
+    stages=stages,
 )
 def build(
     *, weights: str | Path | None = None, random_init: bool = False, **options: Any

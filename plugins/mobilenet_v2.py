@@ -25,6 +25,28 @@ def head(model: nn.Module, layer: str) -> nn.Module:
     )
 
 
+class _Normalise(nn.Module):
+    """The model's own input normalisation, as a step of its chain of stages."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = [model]  # a reference, not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model[0]
+        return (x - m.input_mean) / m.input_std
+
+
+def stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The network up to block6 as a chain (for the stage-by-stage dense evaluation)."""
+    chain: list[tuple[str, nn.Module]] = [("normalise", _Normalise(model))]
+    start = 0
+    for layer, block in _BLOCKS.items():
+        chain.append((layer, model.features[start : block + 1]))
+        start = block + 1
+    return chain
+
+
 @network(
     name="mobilenet_v2",
     description=(
@@ -39,6 +61,7 @@ def head(model: nn.Module, layer: str) -> nn.Module:
     nodes={"block1": "features.1.conv.2", "block3": "features.3.add", "block6": "features.6.add"},
     strides={"block1": 2, "block3": 4, "block6": 8},
     head=head,
+    stages=stages,
 )
 def build(*, weights: str | Path | None = None) -> torch.nn.Module:
     """Images (N, 3, H, W) in [0, 1] -> logits; the registry extracts the layers."""

@@ -139,6 +139,24 @@ class TestCheckNetwork:
         assert "gives relative difference" in text and "relative error" not in text
         assert "relative error" not in report.format()
 
+    @pytest.mark.parametrize("relu", [True, False])
+    def test_stages_are_checked(self, tmp_path: Path, relu: bool) -> None:
+        """stages= (the chain for the stage-by-stage dense evaluation) must reproduce the
+        network's dense maps: a chain that drops the ReLU is a failure sentence."""
+        first = "torch.nn.Sequential(m.conv, torch.nn.ReLU())" if relu else "m.conv"
+        path = plugin(tmp_path, "p_chain", GOOD)
+        path.write_text(path.read_text().replace(
+            "in_channels=1)",
+            f"in_channels=1, stages=lambda m: [('a', {first}), ('b', torch.nn.AvgPool2d(2))])",
+        ))
+        report = check_network("p_chain", plugin_dirs=[tmp_path])
+        assert any(n.startswith("stages: dense maps stage by stage") for n in report.notes)
+        if relu:
+            assert report.passed, report.format()
+        else:
+            assert any("stages= of network 'p_chain' does not reproduce" in f
+                       for f in report.failures), report.failures
+
     def test_uncentred_grid_fails_declared_flip(self, tmp_path: Path) -> None:
         """x[::2] samples at even pixels: flips cannot map that grid onto itself."""
         src = GOOD.replace("F.avg_pool2d(a, 2)", "a[..., ::2, ::2]")

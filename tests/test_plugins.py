@@ -73,6 +73,8 @@ class TestNetworkDecorator:
                 {"layers": "['a', 'b']", "nodes": "{'a': 'n', 'b': 'n'}"},
                 r"a\.py: nodes .*map two layers to graph node 'n'",
             ),
+            ({"head": "3"}, r"a\.py: head= of network 'bad' is not callable"),
+            ({"stages": "[]"}, r"a\.py: stages= of network 'bad' is not callable"),
         ],
     )
     def test_exception(self, tmp_path: Path, decl: dict[str, str], match: str) -> None:

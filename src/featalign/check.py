@@ -555,11 +555,44 @@ def _run_checks(
             "map it onto itself."
         )
     _check_head(spec, opts, x, report)
+    _check_stages(spec, ex, x, report)
     untested = sorted(declared - {"rotation", "reflection", "rotation90", "flip", "translation"})
     if untested:
         report.notes.append(
             f"declared {', '.join(untested)} invariance is not checked here (no exact grid "
             "element); the workflow measures it."
+        )
+
+
+def _check_stages(
+    spec: NetworkSpec, ex: torch.nn.Module, x: torch.Tensor, report: CheckReport
+) -> None:
+    """7. a declared chain of stages (``stages=``) must reproduce the dense maps of plain
+    shift-and-stitch (the feature stage would fall back to the slower plain method)."""
+    if spec.stages is None:
+        return
+    from featalign.features import staged_difference
+    from featalign.stitch import STAGE_RTOL
+
+    try:
+        worst = staged_difference(ex, x)
+    except Exception as exc:  # noqa: BLE001 -- a plugin's chain can raise anything
+        report.failures.append(
+            f"{display_path(spec.source)}: stages= of network '{spec.name}' failed "
+            f"({type(exc).__name__}: {_one_line(exc)}); return [(label, module), ...] whose "
+            "modules, run in order, compute the declared layers."
+        )
+        return
+    if worst is None:
+        return
+    report.notes.append(f"stages: dense maps stage by stage vs shift-and-stitch {worst:.1e} "
+                        f"(tolerance {STAGE_RTOL:g})")
+    if not worst <= STAGE_RTOL:
+        report.failures.append(
+            f"{display_path(spec.source)}: stages= of network '{spec.name}' does not "
+            f"reproduce the network's dense maps (relative difference {worst:.2e} > "
+            f"{STAGE_RTOL:g}); make its modules, run in order, compute exactly the declared "
+            "layers, or remove stages= (the feature stage would not use it)."
         )
 
 

@@ -164,6 +164,7 @@ def build_extractor(
             "torch.nn.Module; return the module."
         )
     model.eval()
+    plain = model
     nodes = spec.nodes
     probe_error: Exception | None = None
     if nodes is None:
@@ -210,6 +211,10 @@ def build_extractor(
             model, return_nodes={node: layer for layer, node in nodes.items()}
         )
     extractor = FeatureExtractor(spec, model, nodes)
+    if spec.stages is not None:
+        # the plugin's chain over the modules of its own model (shared with the graph
+        # module's), kept out of the module tree: it adds no parameters of its own
+        extractor.__dict__["chain"] = tuple(spec.stages(plain))
     extractor.eval()
     extractor.requires_grad_(False)
     return extractor

@@ -363,8 +363,8 @@ class _Network:
     name: str
     height: int
     width: int
-    #: the chain of stages (a :class:`featalign.nets.Tapped` plugin), for the stage-by-stage
-    #: dense evaluation; None: plain shift-and-stitch
+    #: the chain of stages (:func:`_stages`), for the stage-by-stage dense evaluation;
+    #: None: plain shift-and-stitch
     stages: tuple[tuple[str, torch.nn.Module], ...] | None = None
     #: "staged": whether the first images confirmed the stage-by-stage evaluation
     state: dict[str, bool] = field(default_factory=dict)
@@ -415,14 +415,19 @@ def _prepare(
 
 
 def _stages(extractor: torch.nn.Module) -> tuple[tuple[str, torch.nn.Module], ...] | None:
-    """The plugin's chain of stages when it is a :class:`featalign.nets.Tapped` whose stages
-    include every declared layer, nested ``nn.Sequential`` opened into their modules (so
-    that what precedes a stride runs once per phase of the stride before it); None
-    otherwise (plain shift-and-stitch)."""
+    """The plugin's chain of stages (its ``stages=``, or a :class:`featalign.nets.Tapped`
+    module's stages) when it includes every declared layer, nested ``nn.Sequential``
+    opened into their modules (so that what precedes a stride runs once per phase of the
+    stride before it); None otherwise (plain shift-and-stitch)."""
     inner = getattr(extractor, "inner", None)
-    if getattr(extractor, "nodes", None) is not None or not isinstance(inner, Tapped):
+    declared = getattr(extractor, "chain", None)
+    if declared is not None:  # the plugin's stages=
+        stages = [(str(name), module) for name, module in declared]
+    elif getattr(extractor, "nodes", None) is None and isinstance(inner, Tapped):
+        stages = list(inner.stages.items())
+    else:
         return None
-    if not set(extractor.layers) <= set(inner.stages):
+    if not set(extractor.layers) <= {name for name, _ in stages}:
         return None
     chain: list[tuple[str, torch.nn.Module]] = []
 
@@ -434,7 +439,7 @@ def _stages(extractor: torch.nn.Module) -> tuple[tuple[str, torch.nn.Module], ..
         for i, child in enumerate(children):  # only the last step's output is the tap
             add(name if i == len(children) - 1 else f"{name}#{len(chain)}", child)
 
-    for name, stage in inner.stages.items():
+    for name, stage in stages:
         add(name, stage)
     return tuple(chain)
 
@@ -454,6 +459,34 @@ def _dense_by_stages(
     for layer, s in strided.items():
         dense[layer][..., ::s, ::s] = as_built[layer][: len(images)]
     return dense
+
+
+def staged_difference(
+    extractor: torch.nn.Module, images: torch.Tensor, *, max_pad: int = 96
+) -> float | None:
+    """How far the stage-by-stage dense maps of ``images`` (N, C, H, W) are from plain
+    shift-and-stitch's (largest difference relative to the largest value, over the
+    strided layers); None where the network has no chain of stages or no strided layer.
+    ``featalign plugins check`` reports it for a plugin that declares ``stages=``."""
+    stages = _stages(extractor)
+    probes = probe_grid(extractor, extractor.spec.in_channels, size=images.shape[-1])
+    strides = {layer: int(p.stride) for layer, p in probes.items()}
+    if stages is None or max(strides.values()) <= 1:
+        return None
+    pad = padding_for(probes, max_pad)
+    crops = {layer: (pad // int(p.stride), p.height, p.width) for layer, p in probes.items()}
+    device = next((p.device for p in extractor.parameters()), torch.device("cpu"))
+    net = _Network(
+        spec=extractor.spec, options={}, extractor=extractor, probes=probes, pad=pad,
+        crops=crops, strides=strides, phases=dense_phases(strides), device=device,
+        batch_size=len(images), name="check", height=images.shape[-2], width=images.shape[-1],
+        stages=stages,
+    )
+    built = _forward_all(extractor, images, crops, pad=pad, device=device,
+                         batch_size=len(images), progress=False)
+    plain = _dense_features(extractor, images, crops, strides, built, pad=pad, device=device,
+                            batch_size=len(images), bar=None)
+    return stages_agree(_dense_by_stages(net, images, built, None), plain)[1]
 
 
 #: Images of each job on which the stage-by-stage dense maps are checked against plain

@@ -150,6 +150,14 @@ class NetworkSpec:
             (N, C_l, H_l, W_l) to the network's logits (N, classes). The network's own
             logits are ``model(x)``, or ``model(x)["logits"]`` for a module that returns
             a dict (:mod:`featalign.recognition`).
+        stages: optional, for speed: ``stages(model) -> [(label, module), …]``, the
+            network up to its last declared layer as a chain of modules, each mapping
+            the previous one's output to the next, labelled with the declared layer it
+            outputs (other labels for the steps between). The feature stage then
+            evaluates strided layers densely stage by stage
+            (:func:`featalign.stitch.stitch_stages`); a chain that does not reproduce
+            the network is found on each job's first images and not used. Not needed
+            for a :class:`featalign.nets.Tapped` module (its stages are the chain).
     """
 
     name: str
@@ -163,6 +171,7 @@ class NetworkSpec:
     train: Callable[..., None] | None = None
     strides: Mapping[str, int] | None = None
     head: Callable[[torch.nn.Module, str], torch.nn.Module] | None = None
+    stages: Callable[[torch.nn.Module], Sequence[tuple[str, torch.nn.Module]]] | None = None
 
     def sha256(self) -> str:
         """Return the hex sha256 digest of the source file.
@@ -212,6 +221,7 @@ def network(
     train: Callable[..., None] | None = None,
     strides: Mapping[str, int] | None = None,
     head: Callable[[torch.nn.Module, str], torch.nn.Module] | None = None,
+    stages: Callable[[torch.nn.Module], Sequence[tuple[str, torch.nn.Module]]] | None = None,
 ) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
     """Register the decorated ``build(**options)`` function as a network.
 
@@ -236,6 +246,9 @@ def network(
             maps the feature maps of ``layer`` to the logits (the recognition stage runs
             it after warping them; ``featalign plugins check`` checks it reproduces the
             network's own output).
+        stages: optional, for a faster dense evaluation: ``stages(model)`` returns the
+            network as a chain of (label, module) steps up to its last declared layer
+            (:class:`NetworkSpec`).
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -257,6 +270,7 @@ def network(
             train=train,
             strides=strides,
             head=head,
+            stages=stages,
             build=build,
             source=source,
         )
@@ -279,6 +293,7 @@ def _make_spec(
     source: Path,
     strides: object = None,
     head: object = None,
+    stages: object = None,
 ) -> NetworkSpec:
     where = display_path(source)
     norm = _normalise_name(name)
@@ -384,6 +399,11 @@ def _make_spec(
             f"{where}: head= of network '{norm}' is not callable; pass a function "
             "head(model, layer) returning the module from that layer to the logits, or None."
         )
+    if stages is not None and not callable(stages):
+        raise PluginError(
+            f"{where}: stages= of network '{norm}' is not callable; pass a function "
+            "stages(model) returning [(label, module), ...], or None."
+        )
     return NetworkSpec(
         name=norm,
         description=" ".join(description.split()),
@@ -396,6 +416,7 @@ def _make_spec(
         train=train,  # type: ignore[arg-type]
         strides=stride_map,
         head=head,  # type: ignore[arg-type]
+        stages=stages,  # type: ignore[arg-type]
     )
 
 

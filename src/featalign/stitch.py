@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dense_phases", "phase_padding", "shift_and_stitch", "stages_agree", "stitch_stages"]
+__all__ = ["STAGE_RTOL", "dense_phases", "phase_padding", "shift_and_stitch", "stages_agree", "stitch_stages"]
 
 
 def phase_padding(pad: int, dy: int, dx: int) -> tuple[int, int, int, int]:
@@ -182,7 +182,7 @@ def stitch_stages(
         # phase d = s_in·q + r: the phase-r input with its first q cells dropped, all cut to
         # one length that every later stride divides. One call per phase, each the size of
         # an as-built pass: one call on all phases at once measured 2-3x slower per pixel
-        # on the CPU (the maps leave the cache)
+        # on the CPU (the maps leave the cache), and grouping small maps gained nothing
         unit = max(1, top // s_in)
         keep = [(n - (ratio - 1)) // unit * unit for n in maps[(0, 0)].shape[-2:]]
         new: dict[tuple[int, int], torch.Tensor] = {}
@@ -223,8 +223,13 @@ def _ratio(size_in: Sequence[int], size_out: Sequence[int], name: str) -> int:
     return ratios.pop()
 
 
+#: Largest difference (relative to a layer's largest value) at which stage-by-stage dense
+#: maps count as equal to plain shift-and-stitch's: float32 rounding is ~1e-7.
+STAGE_RTOL = 1e-4
+
+
 def stages_agree(
-    staged: Mapping[str, np.ndarray], plain: Mapping[str, np.ndarray], rtol: float = 1e-4
+    staged: Mapping[str, np.ndarray], plain: Mapping[str, np.ndarray], rtol: float = STAGE_RTOL
 ) -> tuple[bool, float]:
     """Whether stage-by-stage dense maps equal plain shift-and-stitch's (each layer's largest
     difference at most ``rtol`` × its largest magnitude); also the largest relative difference.
