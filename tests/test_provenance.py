@@ -40,7 +40,7 @@ class TestCodeModules:
 
     def test_other_packages_are_not_followed(self, tmp_path: Path) -> None:
         script = write(tmp_path / "s.py", "import torch\nfrom featalign import geometry\n")
-        assert code_modules(script) == ["featalign", "featalign.geometry"]
+        assert code_modules(script) == ["featalign", "featalign.geometry", "featalign.names"]
 
 
 class TestCodeDigest:

@@ -82,9 +82,9 @@ from featalign.extractor import build_extractor
 from featalign.geometry import Grid
 from featalign.io import Pending, file_sha256, incremental_netcdf, make_attrs, read_finite
 from featalign.lattice import probe_grid
+from featalign.nets import Tapped
 from featalign.plugins import NetworkSpec, PluginError
 from featalign.runtime import BatchSizer, is_out_of_memory
-from featalign.nets import Tapped
 from featalign.stitch import (
     dense_phases,
     phase_padding,

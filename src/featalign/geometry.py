@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from featalign.names import FAMILIES
+
 __all__ = [
     "FAMILIES",
     "Grid",
@@ -53,16 +55,6 @@ __all__ = [
     "warp",
 ]
 
-#: The transformation families of the theory, in the order of the prediction table.
-FAMILIES: tuple[str, ...] = (
-    "translation",
-    "rotation",
-    "reflection",
-    "scaling",
-    "anisotropic_scaling",
-    "shear",
-    "affine",
-)
 
 
 def check_shape(x: torch.Tensor, spec: str, name: str = "tensor") -> dict[str, int]:

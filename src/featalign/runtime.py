@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used, not here: every job logs through log_to, and the
+# figure and summary jobs need no torch (its import is 2-3 s of each job's start-up)
 
 __all__ = [
     "BatchSizer",
@@ -38,6 +45,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         >>> resolve_device("cpu")
         device(type='cpu')
     """
+    import torch
+
     if name == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         log.info("device auto -> %s", dev)
@@ -71,9 +80,6 @@ def log_to(path: str, threads: int | None = None) -> None:
     ``featalign: error: …``, instead of a traceback; any other exception (a bug) keeps
     its traceback. ``FEATALIGN_TRACEBACK=1`` keeps tracebacks of user errors too.
     """
-    import os
-    import sys
-
     stream = open(path, "a", buffering=1)  # noqa: SIM115 -- lives as long as the job
     logging.basicConfig(
         stream=stream,
@@ -85,7 +91,11 @@ def log_to(path: str, threads: int | None = None) -> None:
     if not os.environ.get("FEATALIGN_TRACEBACK"):
         sys.excepthook = _one_sentence_hook
     if threads is not None:
-        torch.set_num_threads(max(1, int(threads)))
+        n = max(1, int(threads))
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(n)
+        else:  # read by torch's thread pools when the job imports it (if it does)
+            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
 
 
 #: featalign's exception classes that carry a user's fix: (module, class name). Named, not
@@ -139,6 +149,8 @@ def _one_sentence_hook(kind, exc, tb) -> None:  # noqa: ANN001 -- sys.excepthook
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure (CUDA or CPU) that a smaller batch avoids."""
+    import torch
+
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     text = str(exc).lower()
@@ -148,6 +160,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _cuda_free_bytes(device: torch.device) -> int:
+    import torch
+
     free, _total = torch.cuda.mem_get_info(device)
     return int(free)
 
@@ -171,6 +185,7 @@ class BatchSizer:
         peak_bytes: peak allocated bytes since the last reset (default: CUDA's).
 
     Example:
+        >>> import torch
         >>> s = BatchSizer(torch.device("cpu"), 32, limit=100)
         >>> with s.measure(s.size):
         ...     pass
@@ -190,6 +205,8 @@ class BatchSizer:
     ) -> None:
         if initial < 1:
             raise ValueError(f"batch size must be >= 1, got {initial}")
+        import torch
+
         self.device = torch.device(device)
         self.limit = max(1, int(limit))
         self.size = max(1, min(int(initial), self.limit))
@@ -209,6 +226,8 @@ class BatchSizer:
             yield
             return
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.reset_peak_memory_stats(self.device)
         before = self._peak() if self._peak else 0
         free = self._free() if self._free else 0
@@ -234,6 +253,8 @@ class BatchSizer:
         if self.size <= 1:
             raise exc
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.empty_cache()
         log.warning(
             "out of memory at batch size %d on %s: retrying with %d",
@@ -254,9 +275,12 @@ def working_elements(device: torch.device, configured: int, *, bytes_per_element
     :func:`retry_on_out_of_memory` halves it if the estimate was too bold.
 
     Example:
+        >>> import torch
         >>> working_elements(torch.device("cpu"), 2**25)
         33554432
     """
+    import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return int(configured)
@@ -272,6 +296,8 @@ def retry_on_out_of_memory(fn: Callable[[int], object], elements: int, *, what: 
         The last out-of-memory error when ``elements`` falls below 2**16 (then the
         problem itself does not fit: a smaller ``features.batch_size`` or layer will).
     """
+    import torch
+
     while True:
         try:
             return fn(elements)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from featalign.geometry import Grid, to_theta
+from featalign.names import MEASURES
 
 __all__ = [
     "MEASURES",
@@ -47,9 +48,6 @@ __all__ = [
     "relative_error",
     "warp_loss",
 ]
-
-#: The seven measures, in the order of the last axis of ``LayerAlignment.errors``.
-MEASURES: tuple[str, ...] = ("none", "oracle", "affine", "dense", "mixing", "input", "constant")
 
 #: The one normalisation of every error (stated once; :func:`relative_error` computes it).
 NORMALISATION: str = (

@@ -14,8 +14,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from featalign import geometry
-from featalign.align.measures import MEASURES
 from featalign.figures.style import (
     ERROR_LABEL,
     LOG_FLOOR,
@@ -29,6 +27,7 @@ from featalign.figures.style import (
     save,
     style,
 )
+from featalign.names import FAMILIES, MEASURES
 from featalign.summary.claims import EVALUATIONS
 from featalign.summary.excess import DEFAULT_EVALUATION, mean_interval
 from featalign.summary.tables import check_columns, ordered
@@ -84,7 +83,7 @@ def plot_error_vs_magnitude(
 
     Rows are the network's layers in depth order, a strided layer's dense maps
     above its maps as built (:func:`figure_rows`), columns the transformation
-    families present (in :data:`featalign.geometry.FAMILIES` order). Lines are the
+    families present (in :data:`featalign.names.FAMILIES` order). Lines are the
     mean over samples (and affine draws), bands the percentile-bootstrap interval
     of that mean (:func:`featalign.summary.excess.mean_interval`). The y axis is
     logarithmic (the errors span the input floor, ~1e-4, to the constant baseline, 1);
@@ -122,7 +121,7 @@ def plot_error_vs_magnitude(
     if "evaluation" not in sub:
         sub["evaluation"] = DEFAULT_EVALUATION
     rows = figure_rows(sub)
-    families = ordered(sub["family"].unique().tolist(), geometry.FAMILIES)
+    families = ordered(sub["family"].unique().tolist(), FAMILIES)
     order = [m for m in measures if m in set(sub["measure"])]
     palette = measure_palette()
     summary = mean_interval(

@@ -34,8 +34,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from featalign.align.measures import MEASURES
 from featalign.io import atomic_path
+from featalign.names import MEASURES
 from featalign.summary.claims import OUTCOMES
 from featalign.summary.families import CLAIM_FAMILIES
 

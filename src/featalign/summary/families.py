@@ -20,10 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
-
-from featalign import geometry
-
 __all__ = ["CLAIM_FAMILIES", "claim_family", "deformation", "predicted", "transform_family"]
 
 #: Claim families in display order (see the module docstring).
@@ -135,6 +131,10 @@ def deformation(family: str, magnitude: float) -> float:
     """
     if family == "affine":
         return float(magnitude)
+    import torch  # here, not at the top: the figure jobs that import this need no torch
+
+    from featalign import geometry
+
     m = geometry.from_family(family, magnitude)
     if family == "translation":
         return float(torch.linalg.norm(m[:, 2]))
