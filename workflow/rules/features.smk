@@ -13,7 +13,9 @@ rule features:
         "logs/features/{dataset}/{network}.tsv"
     conda:
         "../../environment.yml"
-    threads: 2
+    # one thread: on a small machine a two-thread job holds every core while the
+    # alignments wait (the Slurm profile gives it two: set-threads)
+    threads: 1
     params:
         code=network_code("features.py"),
         options=network_params,
