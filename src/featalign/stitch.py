@@ -48,7 +48,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["STAGE_RTOL", "dense_phases", "phase_padding", "shift_and_stitch", "stages_agree", "stitch_stages"]
+__all__ = [
+    "STAGE_RTOL",
+    "dense_phases",
+    "phase_padding",
+    "shift_and_stitch",
+    "stages_agree",
+    "stitch_stages",
+]
 
 
 def phase_padding(pad: int, dy: int, dx: int) -> tuple[int, int, int, int]:
