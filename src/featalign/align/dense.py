@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -21,7 +21,7 @@ from featalign.align.measures import (
 )
 from featalign.geometry import Grid, check_shape
 
-__all__ = ["DenseFit", "fit_dense"]
+__all__ = ["DenseFit", "fit_dense", "warp_with_field"]
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,42 @@ def fit_dense(
         errors[sl] = best
         controls[sl] = best_ctrl
     return DenseFit(errors, rms, controls, time.perf_counter() - t0)
+
+
+def warp_with_field(
+    maps: torch.Tensor, tgt_from_src: torch.Tensor, grid: Grid, control: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Warp whole maps by an affine map plus a dense warp's control field (what
+    :func:`fit_dense` found), everywhere on the lattice, not only in R.
+
+    **Convention**: as :func:`fit_dense` (``tgt_from_src`` in centred image pixels,
+    (x, y); ``control`` displacements in image pixels of the source frame; bilinear,
+    zero padding, ``align_corners=False``). Without ``control`` (or with zeros) it is
+    :func:`featalign.geometry.warp` of the maps on ``grid``.
+
+    Args:
+        maps: (B, C, h, w); ``grid``'s stride and offsets, its size is the maps' own.
+        tgt_from_src: (B, 2, 3).
+        grid: the maps' lattice.
+        control: (B, 2, G, G) control displacements (x, y), or None (affine only).
+
+    Returns:
+        The warped maps (B, C, h, w), in ``maps``' dtype.
+
+    Example:
+        >>> maps = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> shift = torch.zeros(1, 2, 2, 2)
+        >>> shift[:, 0] = 1.0  # read one pixel to the right
+        >>> warp_with_field(maps, torch.eye(2, 3)[None], Grid(4, 4), shift)[0, 0, 0].tolist()
+        [1.0, 2.0, 3.0, 0.0]
+    """
+    dims = check_shape(maps, "B C h w", "maps")
+    b, h, w = dims["B"], dims["h"], dims["w"]
+    check_shape(tgt_from_src, f"{b} 2 3", "tgt_from_src")
+    on = replace(grid, height=h, width=w)
+    pts = _points(on, torch.ones(h, w, dtype=torch.bool))
+    displacement = None
+    if control is not None:
+        check_shape(control, f"{b} 2 G G", "control")
+        displacement = _control_field(control.to(maps.device, maps.dtype), pts)
+    return _sample(maps, tgt_from_src, on, pts, displacement).unflatten(-1, (h, w))

@@ -23,6 +23,10 @@ per (evaluation, sample, transform):
   start that won: ``oracle``, a grid symmetry of
   :data:`featalign.align.starts.SYMMETRY_NAMES`, or ``family<k>``);
 * ``dense_displacement_rms``: size of the dense warp's extra displacement;
+* ``dense_control(evaluation, sample, transform, component, control_y, control_x)``:
+  the dense warp itself, its control displacements (``component`` x, y) in image
+  pixels on top of ``affine_matrix``
+  (:func:`featalign.align.dense.warp_with_field` applies it to whole maps);
 * the coordinates ``evaluation_stride(evaluation)`` (the stride of the maps
   measured: s as built, 1 dense when computed), ``evaluation_computed(evaluation)``
   (1: measured on its own maps; 0: the as-built results reused) and
@@ -392,6 +396,17 @@ def _align(
                     "units": "pixel",
                 },
             ),
+            "dense_control": (
+                (*dims2, "component", "control_y", "control_x"),
+                both("dense_control"),
+                {
+                    "long_name": "control displacements of the dense warp beyond the affine "
+                    "(bicubic over the canvas, outer points on its border)",
+                    "units": "pixel",
+                    "coordinate_frame": "image pixels of the source (transformed) frame, "
+                    "added where affine_matrix reads",
+                },
+            ),
         },
         coords={
             "evaluation": (
@@ -428,6 +443,7 @@ def _align(
             "sample": ds.sample.values,
             "transform": ds.transform.values,
             "measure": list(built.measures),
+            "component": ("component", ["x", "y"]),
             **{k: ds.coords[k] for k in ("family", "magnitude", "matrix", "row", "col")},
         },
         attrs=make_attrs(
