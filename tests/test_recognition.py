@@ -137,6 +137,15 @@ class TestHeadContract:
         assert list(diffs) == list(spec.layers)
         assert max(diffs.values()) <= HEAD_TOL
 
+    @pytest.mark.parametrize("size", [28, 29, 48, 63, 64])
+    def test_mnist_cnn_conv1_head_convolves_only_the_field_it_reads(self, size):
+        clf = build_classifier(get_network("mnist_cnn"), {"random_init": True})
+        m = clf.model
+        maps = torch.rand(2, 64, size // 2, size // 2)  # any maps, not only conv1's
+        full = torch.nn.Sequential(m.conv2, m.pool2, m.relu2, m.grid, torch.nn.Flatten(), m.fc)
+        with torch.no_grad():
+            torch.testing.assert_close(clf.heads["conv1"](maps), full(maps), rtol=1e-5, atol=1e-5)
+
     def test_mnist_cnn_is_the_trained_network_at_28px(self):
         from featalign.train import load_mnist_cnn
 
@@ -149,6 +158,9 @@ class TestHeadContract:
             assert plugin(torch.zeros(1, 1, 64, 64)).shape == (1, 10)
 
 
+_GRID = dict(stride=2, offset_y=0.5, offset_x=0.5, image_height=64, image_width=64, depth=0)
+
+
 @pytest.fixture(scope="module")
 def known(tmp_path_factory):
     """mnist_cnn (seeded random init) on 64 px digits; 'best' affine warps = the oracle's."""
@@ -158,11 +170,18 @@ def known(tmp_path_factory):
     clf = build_classifier(get_network("mnist_cnn"), {"random_init": True})
     probes = probe_grid(clf.body, 1, 64)
     inverse = geometry.invert(torch.from_numpy(ds.matrix.values)).numpy()
+    # the dense warps: on top of the oracle's affine, a constant field that undoes it for
+    # the translations (the sum reads where the unaligned maps are), none elsewhere
+    control = np.zeros((2, 3, len(inverse), 2, 6, 6))
+    moves = ds.family.values == "translation"
+    control[:, :, moves] = -ds.matrix.values[moves, :, 2][:, :, None, None]
     alignments = {}
     for depth, (layer, p) in enumerate(probes.items()):
         warps = np.broadcast_to(inverse, (2, 3, *inverse.shape)).copy()
         alignments[layer] = xr.Dataset(
-            {"affine_matrix": (("evaluation", "sample", "transform", "row", "col"), warps)},
+            {"affine_matrix": (("evaluation", "sample", "transform", "row", "col"), warps),
+             "dense_control": (("evaluation", "sample", "transform", "component", "control_y",
+                                "control_x"), control)},
             coords={"evaluation": ["as_built", "dense"]},
             attrs=dict(
                 layer=layer,
@@ -177,12 +196,12 @@ def known(tmp_path_factory):
     digits, held = recognition_digits(spec, 4, None, ds.description.values)
     assert not held
     out = recognition_dataset(ds, alignments, clf, spec, samples=4, digits=digits, progress=False)
-    return ds, out
+    return ds, out, (alignments, clf, spec, digits)
 
 
 class TestKnownAnswers:
     def test_oracle_restores_stride_multiple_translations_exactly(self, known):
-        ds, out = known
+        ds, out, _ = known
         pairs = list(zip(ds.family.values.tolist(), ds.magnitude.values.tolist(), strict=True))
         t = pairs.index(("translation", 4.0))
         for a in ("oracle", "input"):
@@ -193,7 +212,7 @@ class TestKnownAnswers:
         assert float(out.sel(alignment="none").isel(transform=t).divergence.min()) > 1e-6
 
     def test_affine_with_the_oracle_warp_is_the_oracle(self, known):
-        _, out = known
+        _, out, _ = known
         own = out.sample_set.values == "alignment"
         a = out.sel(alignment="affine").isel(sample=own)
         o = out.sel(alignment="oracle").isel(sample=own)
@@ -202,8 +221,41 @@ class TestKnownAnswers:
         # affine is computed on the dataset's own samples only
         assert (out.sel(alignment="affine").isel(sample=~own).prediction.values == -1).all()
 
+    def test_dense_applies_the_stored_field(self, known):
+        ds, out, _ = known
+        own = out.sample_set.values == "alignment"
+        moves = ds.family.values == "translation"
+        dense = out.sel(alignment="dense").isel(sample=own)
+        # the field cancels the oracle's translation: the unaligned decision, to the bit
+        for other, where in (("none", moves), ("oracle", ~moves)):
+            ref = out.sel(alignment=other).isel(sample=own, transform=where)
+            got = dense.isel(transform=where)
+            assert (got.prediction.values == ref.prediction.values).all()
+            np.testing.assert_allclose(got.divergence.values, ref.divergence.values, atol=1e-6)
+        assert (out.sel(alignment="dense").isel(sample=~own).prediction.values == -1).all()
+
+    def test_an_alignment_file_without_dense_warps_is_refused(self, known):
+        ds, _, _ = known
+        clf = build_classifier(get_network("mnist_cnn"), {"random_init": True})
+        spec = DatasetSpec(name="d", source="mnist", samples=3, size=64)
+        old = {layer: xr.Dataset({"affine_matrix": (("evaluation", "x"), np.zeros((2, 1)))},
+                                 coords={"evaluation": ["as_built", "dense"]}, attrs=_GRID)
+               for layer in clf.spec.layers}  # fmt: skip
+        with pytest.raises(PluginError, match=r"has no dense_control .* rerun its align job"):
+            recognition_dataset(ds, old, clf, spec, samples=0, progress=False)
+
+    def test_the_recognition_set_in_chunks_is_the_same(self, known):
+        ds, out, (alignments, clf, spec, digits) = known
+        chunked = recognition_dataset(ds, alignments, clf, spec, samples=4, digits=digits,
+                                      batch_size=2, chunk_samples=3, progress=False)  # fmt: skip
+        for name, var in out.data_vars.items():
+            if var.dtype.kind == "f":  # other batches: float32 sums in another order
+                np.testing.assert_allclose(chunked[name], var, rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(chunked[name], var)
+
     def test_tables(self, known):
-        _, out = known
+        _, out, _ = known
         problems = problem_table(out)
         assert set(problems["alignment"]) == set(ALIGNMENTS)
         assert problems["correct"].notna().all()  # digits have labels
@@ -336,6 +388,33 @@ class TestConfig:
         ):
             validate_config(self.config(samples=101), SCHEMA)
 
+    def test_more_digits_than_held_out_per_dataset(self):
+        with pytest.raises(
+            ConfigError,
+            match=r"^recognition\.samples\.tiny_digits: 101 digits asked for on dataset "
+            r"'tiny_digits'.* write at most 100",
+        ):
+            validate_config(self.config(samples={"tiny_digits": 101, "tiny_photos": 500}), SCHEMA)
+
+    def test_samples_for_an_unknown_dataset(self):
+        with pytest.raises(
+            ConfigError,
+            match=r"^recognition\.samples names 'digitz', not a configured dataset "
+            r"\(configured: tiny_photos, tiny_digits\)",
+        ):
+            validate_config(self.config(samples={"digitz": 10}), SCHEMA)
+
+    def test_samples_per_dataset_reach_only_that_datasets_job(self):
+        from featalign.plan import load_plan
+
+        plan = load_plan(self.config(samples={"tiny_digits": 50}), SCHEMA)
+        counts = {d: p["recognition"]["samples"] for d, p in plan.recognition_params.items()}
+        assert counts == {"tiny_photos": 0, "tiny_digits": 50}
+        same = load_plan(self.config(samples={"tiny_digits": 50, "tiny_photos": 3}), SCHEMA)
+        assert same.recognition_params["tiny_digits"] == plan.recognition_params["tiny_digits"]
+        assert load_plan(self.config(samples=7), SCHEMA).recognition_params["tiny_photos"][
+            "recognition"]["samples"] == 7  # fmt: skip
+
     def test_margin_out_of_range(self):
         with pytest.raises(ConfigError, match=r"recognition\.margin"):
             validate_config(self.config(margin=0), SCHEMA)
@@ -351,7 +430,7 @@ class TestConfig:
 def test_recognition_figure(known, tmp_path):
     from featalign.figures.recognition import plot_recognition
 
-    _, out = known
+    _, out, _ = known
     table = recognition_table(problem_table(out), resamples=100)
     fig = plot_recognition(table, tmp_path / "r.png", tmp_path / "r.pdf")
     assert (tmp_path / "r.png").stat().st_size > 0 and (tmp_path / "r.pdf").stat().st_size > 0

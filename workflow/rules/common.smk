@@ -109,7 +109,8 @@ def recognition_files():
 
 
 def recognition_params(wildcards):
-    return dict(PLAN.recognition_params)
+    """The recognize job's config: its dataset's count only, so that another's leaves it be."""
+    return dict(PLAN.recognition_params[wildcards.dataset])
 
 
 def alignment_params(wildcards):

@@ -28,7 +28,7 @@ grid = ("layer", "stride", "offset_y", "offset_x", "image_height", "image_width"
 alignments = {
     ds.attrs["layer"]: ds
     for ds in (open_dataset(f, kind="alignment", rebuild=f"snakemake {f}",
-                            variables=("affine_matrix",), attrs=grid) for f in inp.alignment)
+                            variables=("affine_matrix", "dense_control"), attrs=grid) for f in inp.alignment)
 }  # fmt: skip
 result = recognition_dataset(
     dataset, alignments, classifier, spec, samples=samples, digits=digits, heldout=heldout,

@@ -2,10 +2,10 @@
 
 One panel per (transformation family, layer): the agreement of the top-1 decision with
 the untransformed image's against the magnitude (the accuracy, where the samples have
-labels, is in ``recognition.csv``), one line per alignment (``none``, ``oracle``, ``affine``, ``input``)
-with its Wilson interval as a band; each alignment on its own sample set
-(:data:`featalign.recognition.PRIMARY_SET`: ``affine`` on the dataset's samples, the
-others on the larger recognition set). A dotted line marks 1.
+labels, is in ``recognition.csv``), one line per alignment (``none``, ``oracle``,
+``affine``, ``dense``, ``input``) with its Wilson interval as a band; each alignment on
+its own sample set (:data:`featalign.recognition.PRIMARY_SET`: ``affine`` and ``dense``
+on the dataset's samples, the others on the larger recognition set). A dotted line marks 1.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ __all__ = ["ALIGNMENT_LABELS", "plot_recognition"]
 ALIGNMENT_LABELS: dict[str, str] = {
     "none": "none: body_k(T_g f)",
     "oracle": "oracle: T_g⁻¹ body_k(T_g f)",
-    "affine": "affine: best warp of body_k(T_g f)",
+    "affine": "affine: best affine warp of body_k(T_g f)",
+    "dense": "dense: best smooth dense warp of body_k(T_g f)",
     "input": "input: body_k(T_g⁻¹ T_g f)",
 }
 

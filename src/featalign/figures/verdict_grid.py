@@ -30,7 +30,7 @@ from featalign.summary.tables import check_columns, ordered
 __all__ = ["RECOGNITION_PANELS", "plot_verdict_grid", "recognition_panels"]
 
 #: The recognition claims' alignments, one panel each after the evaluations, in this order.
-RECOGNITION_PANELS: tuple[str, ...] = ("oracle", "affine", "input")
+RECOGNITION_PANELS: tuple[str, ...] = ("oracle", "affine", "dense", "input")
 
 #: A recognition verdict drawn in the colour of the alignment verdict it mirrors.
 _AS_ALIGNMENT = {"restored": "aligned", "not restored": "not aligned"}
