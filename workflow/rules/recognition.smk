@@ -11,6 +11,8 @@ rule recognize:
         "logs/recognize/{dataset}/{network}.log",
     benchmark:
         "logs/recognize/{dataset}/{network}.tsv"
+    # as soon as its alignments exist: the summary waits on it
+    priority: 5
     conda:
         "../../environment.yml"
     threads: 2

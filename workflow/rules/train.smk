@@ -11,6 +11,9 @@ rule train:
         "logs/train/{network}.log",
     benchmark:
         "logs/train/{network}.tsv"
+    # first: a trained network's features, alignments and recognition wait on it, and
+    # left to the end it serialises the run's last minutes
+    priority: 10
     conda:
         "../../environment.yml"
     threads: 2
