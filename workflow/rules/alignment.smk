@@ -11,6 +11,7 @@ rule align:
         "logs/align/{dataset}/{network}/{layer}.log",
     benchmark:
         "logs/align/{dataset}/{network}/{layer}.tsv"
+    priority: chain_priority
     conda:
         "../../environment.yml"
     threads: 1

@@ -108,6 +108,12 @@ def recognition_files():
     )
 
 
+def chain_priority(wildcards):
+    """Features and alignments of a classifier's (dataset, network) first: its recognize
+    job waits on all of them, and the summary on it; left to the end they run alone."""
+    return 5 if (wildcards.dataset, wildcards.network) in PLAN.recognitions else 0
+
+
 def recognition_params(wildcards):
     """The recognize job's config: its dataset's count only, so that another's leaves it be."""
     return dict(PLAN.recognition_params[wildcards.dataset])

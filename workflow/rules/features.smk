@@ -11,6 +11,7 @@ rule features:
         "logs/features/{dataset}/{network}.log",
     benchmark:
         "logs/features/{dataset}/{network}.tsv"
+    priority: chain_priority
     conda:
         "../../environment.yml"
     # one thread: on a small machine a two-thread job holds every core while the
