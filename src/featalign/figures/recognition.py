@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from featalign.figures.style import marker, save, style
 from featalign.recognition import ALIGNMENTS, PRIMARY_SET
 
-__all__ = ["ALIGNMENT_LABELS", "plot_recognition"]
+__all__ = ["ALIGNMENT_COLOURS", "ALIGNMENT_LABELS", "plot_recognition"]
 
 #: Legend labels of the alignments: what a spatial transformer at layer k would be.
 ALIGNMENT_LABELS: dict[str, str] = {
@@ -30,6 +30,11 @@ ALIGNMENT_LABELS: dict[str, str] = {
     "dense": "dense: best smooth dense warp of body_k(T_g f)",
     "input": "input: body_k(T_g⁻¹ T_g f)",
 }
+
+
+#: Colour of each alignment (index into seaborn's colour-blind palette): no transformer in
+#: grey, the fitted warps in green and blue, far from the oracle's orange.
+ALIGNMENT_COLOURS: dict[str, int] = {"none": 7, "oracle": 1, "affine": 2, "dense": 0, "input": 4}
 
 
 def plot_recognition(
@@ -56,7 +61,8 @@ def plot_recognition(
     rows = table[table["sample_set"] == table["alignment"].map(PRIMARY_SET)]
     layers = rows[["layer", "depth"]].drop_duplicates().sort_values("depth")["layer"].tolist()
     families = [f for f in dict.fromkeys(rows["family"]) if f]
-    palette = dict(zip(ALIGNMENTS, sns.color_palette("colorblind", len(ALIGNMENTS)), strict=True))
+    colours = sns.color_palette("colorblind", 10)
+    palette = {a: colours[ALIGNMENT_COLOURS.get(a, 5)] for a in ALIGNMENTS}
     counts = {a: int(rows.loc[rows["alignment"] == a, "n"].max()) for a in ALIGNMENTS
               if (rows["alignment"] == a).any()}  # fmt: skip
     with style():
