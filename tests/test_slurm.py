@@ -92,7 +92,7 @@ def test_profile_dry_run_lists_jobs_with_their_resources(tmp_path):
     assert counts["align"] > 0 and counts["summarize"] == 1
     # the per-rule resources of the profile reach the jobs
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    for rule in ("dataset", "features", "align", "summarize", "figure_verdict_grid"):
+    for rule in ("dataset", "features", "align", "recognize", "summarize", "figure_verdict_grid"):
         want = profile["set-resources"][rule]
         block = re.search(rf"^rule {rule}:\n(.*?)\n\n", out, re.MULTILINE | re.DOTALL)
         assert block, f"no {rule} job in the dry run"
