@@ -274,8 +274,8 @@ class TestSameNumbersAsClaims:
         for ax in (ax for ax in fig.axes if ax.get_visible()):
             fam = family_of[ax.get_title()]
             lines = [ln for ln in ax.get_lines() if ln.get_label() in NETWORKS]
-            assert len(lines) == len(ax.collections)  # one band per line, in line order
-            for line, band in zip(lines, ax.collections):
+            assert len(lines) == len(ax.patches)  # one band (a polygon) per line, in line order
+            for line, band in zip(lines, ax.patches):
                 rows = claims[
                     (claims["network"] == line.get_label())
                     & (claims["evaluation"] == line.get_gid())
@@ -284,7 +284,7 @@ class TestSameNumbersAsClaims:
                 rows = rows.sort_values("depth")
                 assert np.array_equal(line.get_xdata(), rows["depth"].to_numpy())
                 assert np.array_equal(line.get_ydata(), rows["excess_mean"].to_numpy())
-                band_y = set(band.get_paths()[0].vertices[:, 1].tolist())
+                band_y = set(band.get_xy()[:, 1].tolist())
                 assert set(rows["ci_low"]) | set(rows["ci_high"]) <= band_y
                 checked += 1
         assert checked == len(claims.groupby(["network", "evaluation", "family"]))

@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from featalign.figures.style import marker, save, style
+from featalign.figures.style import band, marker, save, style
 from featalign.recognition import ALIGNMENTS, PRIMARY_SET
 
 __all__ = ["ALIGNMENT_COLOURS", "ALIGNMENT_LABELS", "plot_recognition"]
@@ -78,8 +78,8 @@ def plot_recognition(
                     line = here[here["alignment"] == a].sort_values("magnitude")
                     if line.empty:
                         continue
-                    ax.fill_between(line["magnitude"], line[f"{y}_low"], line[f"{y}_high"],
-                                    color=palette[a], alpha=0.15, linewidth=0)  # fmt: skip
+                    band(ax, line["magnitude"], line[f"{y}_low"], line[f"{y}_high"],
+                         color=palette[a], alpha=0.15)  # fmt: skip
                     ax.plot(line["magnitude"], line[y], color=palette[a], marker=marker(k),
                             markersize=3.5, linewidth=1.1,
                             label=f"{ALIGNMENT_LABELS[a]} (n = {counts[a]} per point)")  # fmt: skip

@@ -12,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from featalign.figures.style import save, style
+from featalign.figures.style import band, save, style
 from featalign.io import open_dataset
 from featalign.stn.summary import REBUILD
 
@@ -111,8 +111,8 @@ def plot_stn_predicted(paths: Iterable[str | Path], png: str | Path, pdf: str | 
                     ax.set_axis_off()
                     continue
                 stats = sub.groupby("applied")["predicted"].agg(["mean", "std"]).reset_index()
-                ax.fill_between(stats["applied"], stats["mean"] - stats["std"],
-                                stats["mean"] + stats["std"], color=colour, alpha=0.25, lw=0)  # fmt: skip
+                band(ax, stats["applied"], stats["mean"] - stats["std"],
+                     stats["mean"] + stats["std"], color=colour, alpha=0.25)  # fmt: skip
                 ax.plot(stats["applied"], stats["mean"], marker="o", ms=3, color=colour)
                 ax.plot(stats["applied"], -stats["applied"], ls="--", color="0.3", lw=1)
                 slope = np.polyfit(sub["applied"], sub["predicted"], 1)[0]

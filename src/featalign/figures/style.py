@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.patches import Polygon
 
 from featalign.io import atomic_path
 from featalign.names import MEASURES
@@ -58,6 +59,7 @@ __all__ = [
     "family_palette",
     "interval_label",
     "label_exposed_axes",
+    "band",
     "line_with_band",
     "marker",
     "measure_palette",
@@ -249,6 +251,25 @@ def marker(k: int) -> str:
     return ("o", "X", "s", "P", "D", "^", "v", "p")[k % 8]
 
 
+def band(ax: Any, x: Any, low: Any, high: Any, *, color: Any, alpha: float) -> None:
+    """A translucent band between ``low`` and ``high`` over ``x`` (sorted), as one polygon
+    (one per call, degenerate for fewer than two points).
+
+    What ``ax.fill_between`` draws for finite values (points without both bounds are
+    left out), at a fraction of its cost: since Matplotlib 3.11 every
+    ``fill_between`` rescales the view of all the axes it shares, which on a figure
+    of a hundred shared panels took a third of its time.
+    """
+    x, low, high = (np.asarray(v, dtype=float) for v in (x, low, high))
+    keep = np.isfinite(x) & np.isfinite(low) & np.isfinite(high)
+    x, low, high = x[keep], low[keep], high[keep]
+    if len(x):  # ax.fill asks for a lazy rescale of the view
+        ax.fill(np.r_[x, x[::-1]], np.r_[low, high[::-1]], color=color, alpha=alpha,
+                linewidth=0)  # fmt: skip
+    else:  # nothing to draw, but one polygon per call all the same
+        ax.add_patch(Polygon(np.zeros((0, 2)), facecolor=color, alpha=alpha, linewidth=0))
+
+
 def line_with_band(
     ax: Any, summary: pd.DataFrame, x: str, *, color: Any, marker: str, label: str
 ) -> None:
@@ -264,9 +285,7 @@ def line_with_band(
         label: the line's legend label.
     """
     summary = summary.sort_values(x)
-    ax.fill_between(
-        summary[x], summary["low"], summary["high"], color=color, alpha=0.2, linewidth=0
-    )
+    band(ax, summary[x], summary["low"], summary["high"], color=color, alpha=0.2)
     ax.plot(
         summary[x],
         summary["mean"],
