@@ -575,3 +575,50 @@ class TestAlignLayer:
         errors = res.errors[..., [MEASURES.index(m) for m in ("none", "oracle", "affine")]]
         assert bool(torch.isfinite(errors).all())
         assert bool((res.errors[..., MEASURES.index("affine")] <= errors[..., 1] + 1e-12).all())
+
+
+class TestAdam:
+    """featalign.align.adam.Adam: torch.optim.Adam's iterates, without torch._dynamo."""
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_same_iterates_as_torch_optim(self, dtype: torch.dtype) -> None:
+        from featalign.align.adam import Adam
+
+        gen = torch.Generator().manual_seed(3)
+        a = torch.randn(5, 4, generator=gen, dtype=dtype)
+        start = torch.randn(5, 4, generator=gen, dtype=dtype)
+
+        def loss(p: torch.Tensor) -> torch.Tensor:  # non-quadratic: the moments matter
+            return ((p - a).pow(2) * (1 + p.sin().pow(2))).sum()
+
+        ours, theirs = start.clone().requires_grad_(True), start.clone().requires_grad_(True)
+        opt_ours = Adam(ours, lr=0.05)
+        opt_theirs = torch.optim.Adam([theirs], lr=0.05)
+        for _ in range(60):
+            for p, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+                opt.zero_grad()
+                loss(p).backward()
+                opt.step()
+            assert torch.equal(ours, theirs)
+        assert float(loss(ours)) < 0.5 * float(loss(start))  # it did optimise
+
+    def test_align_layer_does_not_import_dynamo(self) -> None:
+        """torch.optim's first step imports torch._dynamo (2-3 CPU-s, paid by every
+        align job); the optimiser's Adam levels and the dense fit must not."""
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, torch\n"
+            "from featalign import geometry as g\n"
+            "from featalign.align.layer import align_layer\n"
+            "t = torch.rand(1, 2, 16, 16)\n"
+            "m = torch.stack([t, t], 1)\n"
+            "align_layer(t, m, m.clone(), g.identity(2, torch.float64), g.Grid.image(16, 16),\n"
+            "            region_radius=6.0, families=['rotation', 'shear'], starts_per_family=1,\n"
+            "            dense_steps=2, progress=False)\n"
+            "print('torch._dynamo' in sys.modules)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        assert out.stdout.strip() == "False", out.stderr

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from featalign.align.adam import Adam
 from featalign.align.measures import (
     _affine_positions,
     _at,
@@ -323,7 +324,7 @@ def _adam_level(
     pts = level.pts
     scale = torch.tensor([1.0, 1.0, pts.half_extent], dtype=torch.float64)
     q = (matrix / scale).clone().requires_grad_(True)
-    opt = torch.optim.Adam([q], lr=lr)
+    opt = Adam(q, lr=lr)
     gathered = maps[map_idx]  # the moving maps stay out of autograd
     values = level.values[target_index]
     best = torch.full((matrix.shape[0],), float("inf"), dtype=torch.float64)

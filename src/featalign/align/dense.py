@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
+from featalign.align.adam import Adam
 from featalign.align.measures import (
     _affine_positions,
     _at,
@@ -125,7 +126,7 @@ def fit_dense(
             device=maps.device,
             requires_grad=True,
         )  # in feature pixels
-        opt = torch.optim.Adam([ctrl], lr=lr)
+        opt = Adam(ctrl, lr=lr)
         best = base.clone()
         best_ctrl = torch.zeros_like(ctrl, dtype=torch.float64)
         for _ in range(steps):
