@@ -260,3 +260,23 @@ class TestStageByStage:
         got, want = self._dense(tree), self._dense(plain_tree)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+    def test_falls_back_where_the_stages_cannot_be_run(self, small, monkeypatch, caplog):
+        """A chain that fails on the check's images (a stride or a reach that is not what
+        it seemed: ValueError) is not used either: the job goes on with plain
+        shift-and-stitch instead of failing."""
+        net = get_network("vgg_random")
+        monkeypatch.setattr("featalign.features._stages", lambda extractor: None)
+        plain_tree = extract_features(small, net, {"width": 4}, progress=False)
+        monkeypatch.undo()
+
+        def broken(*args, **kwargs):
+            raise ValueError("stage 'block3': its maps are too small to crop")
+
+        monkeypatch.setattr("featalign.features.stitch_stages", broken)
+        with caplog.at_level("WARNING", logger="featalign.features"):
+            tree = extract_features(small, net, {"width": 4}, progress=False)
+        assert "too small to crop): plain shift-and-stitch instead" in caplog.text
+        got, want = self._dense(tree), self._dense(plain_tree)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)

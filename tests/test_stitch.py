@@ -12,6 +12,7 @@ from featalign.stitch import (
     dense_phases,
     phase_padding,
     shift_and_stitch,
+    stage_reach,
     stages_agree,
     stitch_stages,
 )
@@ -167,3 +168,56 @@ def test_a_stage_that_is_no_sliding_window_is_caught() -> None:
         staged = stitch_stages(chain, x, STRIDES, _crops(), pad=PAD)
     ok, worst = stages_agree({k: v.numpy() for k, v in staged.items()}, plain)
     assert not ok and worst > 1e-3
+
+
+def test_stage_reach_adds_the_measured_windows() -> None:
+    """Known answer: conv 3×3 reaches 1 px; avg-pool 2 → conv 3×3 reaches 2 cells of the
+    pool before and 3 pixels after an output's first input pixel; avg-pool 2 at stride 2,
+    1 cell = 2 px; plus the largest stride (4)."""
+    reach = stage_reach(strided_chain(), windowed_images(1).double(), STRIDES, pad=PAD)
+    assert reach == [4 + 1 + 3 + 2, 4 + 3 + 2, 4 + 2]
+
+
+class _Recorded(nn.Module):
+    """A stage that records the size of every input it is given."""
+
+    def __init__(self, stage: nn.Module, sizes: list) -> None:
+        super().__init__()
+        self.stage, self.sizes = stage, sizes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        return self.stage(x)
+
+
+def test_cropped_stages_give_the_same_maps_on_fewer_pixels() -> None:
+    """With a wide padding (the receptive field of a deeper network), each stage runs
+    only where the strided layers' fields reach: the same dense maps bit for bit, equal
+    to plain shift-and-stitch's, from fewer pixels; a non-square canvas crops per axis."""
+    pad = 24
+    x = torch.rand(2, 1, 32, 40, generator=torch.Generator().manual_seed(5)).double()
+    crops = {layer: (pad // s, 32 // s, 40 // s) for layer, s in STRIDES.items()}
+    whole_sizes: list = []
+    cropped_sizes: list = []
+    chain = strided_chain()
+    whole_chain = [(n, _Recorded(m, whole_sizes)) for n, m in chain]
+    cropped_chain = [(n, _Recorded(m, cropped_sizes)) for n, m in chain]
+    reach = stage_reach(chain, x, STRIDES, pad=pad)
+    with torch.no_grad():
+        whole = stitch_stages(whole_chain, x, STRIDES, crops, pad=pad)
+        cropped = stitch_stages(cropped_chain, x, STRIDES, crops, pad=pad, reach=reach)
+
+        def forward(phase: tuple[int, int]) -> dict:
+            out, h = {}, F.pad(x, phase_padding(pad, *phase))
+            for name, stage in chain:
+                h = out[name] = stage(h)
+            return {k: v[..., c[0] : c[0] + c[1], c[0] : c[0] + c[2]].numpy()
+                    for k, v in out.items() for c in [crops[k]]}
+
+        plain = shift_and_stitch(forward, STRIDES)
+    for layer in ("s2", "s4"):
+        assert torch.equal(cropped[layer], whole[layer])
+        np.testing.assert_allclose(cropped[layer].numpy(), plain[layer], rtol=0, atol=1e-12)
+    pixels = [sum(h * w for h, w in sizes) for sizes in (whole_sizes, cropped_sizes)]
+    assert pixels[1] < 0.6 * pixels[0]
+    assert cropped_sizes[0][0] < cropped_sizes[0][1]  # 32 rows, 40 columns: cut per axis

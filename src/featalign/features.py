@@ -89,6 +89,7 @@ from featalign.stitch import (
     dense_phases,
     phase_padding,
     shift_and_stitch,
+    stage_reach,
     stages_agree,
     stitch_stages,
 )
@@ -367,7 +368,7 @@ class _Network:
     #: None: plain shift-and-stitch
     stages: tuple[tuple[str, torch.nn.Module], ...] | None = None
     #: "staged": whether the first images confirmed the stage-by-stage evaluation
-    state: dict[str, bool] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 def _prepare(
@@ -451,8 +452,11 @@ def _dense_by_stages(
     phase (0, 0) set to the as-built maps (equal up to rounding, so that the dense map
     holds the as-built one bit for bit, as with plain shift-and-stitch)."""
     strided = {layer: s for layer, s in net.strides.items() if s > 1}
+    if "reach" not in net.state:  # measured once per job: which cells each stage needs
+        net.state["reach"] = stage_reach(net.stages, images, strided, pad=net.pad)
     dense = _batched(
-        lambda batch: stitch_stages(net.stages, batch, strided, net.crops, pad=net.pad),
+        lambda batch: stitch_stages(net.stages, batch, strided, net.crops, pad=net.pad,
+                                     reach=net.state["reach"]),
         images, device=net.device, batch_size=net.batch_size, progress=False, bar=bar,
         passes=max(1, len(net.phases) - 1),
     )
@@ -504,7 +508,13 @@ def _staged_ok(net: _Network, images: torch.Tensor, as_built: Mapping[str, np.nd
         plain = _dense_features(net.extractor, few, net.crops, net.strides,
                                 {k: v[: len(few)] for k, v in as_built.items()}, pad=net.pad,
                                 device=net.device, batch_size=net.batch_size, bar=None)
-        staged = _dense_by_stages(net, few, as_built, None)
+        try:
+            staged = _dense_by_stages(net, few, as_built, None)
+        except ValueError as exc:  # a stage whose stride or reach is not what it seemed
+            log.warning("dense evaluation stage by stage failed (%s): plain shift-and-stitch "
+                        "instead", exc)
+            net.state["staged"] = False
+            return False
         ok, worst = stages_agree(staged, plain)
         net.state["staged"] = ok
         if ok:

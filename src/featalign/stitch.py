@@ -38,6 +38,16 @@ stages (no global pooling, no position-dependent operation before the last
 strided layer), which the plain method does not: the feature stage therefore
 checks it on the first images of every job against plain shift-and-stitch and
 falls back to the plain method where they differ (:func:`stages_agree`).
+
+**Cropped stages.** The padding must cover the deepest layer's receptive field, so
+on a 64 px canvas most of a padded 128 px input is margin. A stage's output is
+needed only as far beyond the canvas as the later stages' windows reach:
+:func:`stage_reach` measures each stage's window (from the support of an input
+gradient) and sums them from the back, and :func:`stitch_stages` then runs each
+stage on that region only, cut at multiples of the largest stride so that every
+phase keeps its lattice. The maps are the same bit for bit (tests), from 1.5–2.3×
+fewer operations for the built-in chains. The job-level check against plain
+shift-and-stitch covers the crop too.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ __all__ = [
     "dense_phases",
     "phase_padding",
     "shift_and_stitch",
+    "stage_reach",
     "stages_agree",
     "stitch_stages",
 ]
@@ -136,6 +147,7 @@ def stitch_stages(
     crops: Mapping[str, tuple[int, int, int]],
     *,
     pad: int,
+    reach: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Dense maps of the strided layers of a chain of stages, each stage run once per phase
     of its own stride (module docstring, "Stage by stage").
@@ -153,6 +165,10 @@ def stitch_stages(
         crops: layer -> (first cell, height, width) of the canvas's lattice in the map
             of the padded image (as the as-built pass crops it).
         pad: the zero padding per side (a multiple of every stride).
+        reach: per stage of the chain, how far (image pixels) beyond the canvas its input
+            must reach for the wanted layers (:func:`stage_reach`). With it, each stage
+            runs only there (module docstring, "Cropped stages") instead of on the whole
+            padded canvas; without it (None), everywhere.
 
     Returns:
         layer -> dense map (N, C_l, s·h, s·w) for the layers of ``strides`` with s > 1.
@@ -178,9 +194,12 @@ def stitch_stages(
     margin = 2 * top * sum(r > 1 for r in ratios)
     x = F.pad(images, (pad, pad + margin, pad, pad + margin))
     maps: dict[tuple[int, int], torch.Tensor] = {(0, 0): x}
+    reach = list(reach) if reach is not None else [None] * len(chain)
+    canvas = images.shape[-2:]
     s_in = 1
+    first = [0, 0]  # cells (at the current stride) cropped away before the maps' first, (y, x)
     dense: dict[str, torch.Tensor] = {}
-    for (name, stage), ratio in zip(chain, ratios):
+    for (name, stage), ratio, need in zip(chain, ratios, reach):
         s_out = s_in * ratio
         if name in strides and int(strides[name]) != s_out:
             raise ValueError(
@@ -191,24 +210,98 @@ def stitch_stages(
         # an as-built pass: one call on all phases at once measured 2-3x slower per pixel
         # on the CPU (the maps leave the cache), and grouping small maps gained nothing
         unit = max(1, top // s_in)
-        keep = [(n - (ratio - 1)) // unit * unit for n in maps[(0, 0)].shape[-2:]]
+        lengths = maps[(0, 0)].shape[-2:]
+        start = [0, 0]  # a multiple of unit: every later stride still divides the crop
+        keep = [(n - (ratio - 1)) // unit * unit for n in lengths]
+        if need is not None:  # only the cells that the wanted layers' fields reach
+            for axis, (n, size) in enumerate(zip(lengths, canvas)):
+                lo = (pad - need) // s_in - 1 - first[axis]
+                hi = -(-(pad + size + need) // s_in) + 1 - first[axis]
+                start[axis] = max(0, lo // unit * unit)
+                room = (n - (ratio - 1) - start[axis]) // unit * unit
+                keep[axis] = min(room, -(-(hi - start[axis]) // unit) * unit)
         new: dict[tuple[int, int], torch.Tensor] = {}
         for dy in range(s_out):
             for dx in range(s_out):
                 (qy, ry), (qx, rx) = divmod(dy, s_in), divmod(dx, s_in)
+                qy, qx = qy + start[0], qx + start[1]
                 new[(dy, dx)] = stage(maps[(ry, rx)][..., qy : qy + keep[0], qx : qx + keep[1]])
         maps = new
+        first = [(f + st) // ratio for f, st in zip(first, start)]
         s_in = s_out
         if name in wanted:
             k0, h, w = crops[name]
+            ky, kx = k0 - first[0], k0 - first[1]
             sample = maps[(0, 0)]
-            if sample.shape[-2] < k0 + h or sample.shape[-1] < k0 + w:
+            if min(ky, kx) < 0 or sample.shape[-2] < ky + h or sample.shape[-1] < kx + w:
                 raise ValueError(f"stage '{name}': its maps are too small to crop")
             d = sample.new_empty((*sample.shape[:-2], s_out * h, s_out * w))
             for (dy, dx), m in maps.items():
-                d[..., dy::s_out, dx::s_out] = m[..., k0 : k0 + h, k0 : k0 + w]
+                d[..., dy::s_out, dx::s_out] = m[..., ky : ky + h, kx : kx + w]
             dense[name] = d
     return dense
+
+
+def stage_reach(
+    stages: Sequence[tuple[str, torch.nn.Module]],
+    images: torch.Tensor,
+    strides: Mapping[str, int],
+    *,
+    pad: int,
+    seed: int = 0,
+) -> list[int]:
+    """For each stage of the chain up to the last strided layer of ``strides``, how far
+    (image pixels) beyond the canvas its input must reach for the strided layers' maps:
+    the sum of its own and the later stages' measured half-extents, plus one largest
+    stride.
+
+    A stage's half-extent is measured, in its input's cells, from the support of the
+    input gradient of one central output cell c (random input and channel weights, as
+    the lattice probe does): the farther of the support's ends from input cell
+    ratio·c. Extents add along a chain of sliding-window stages. For
+    :func:`stitch_stages`'s ``reach``.
+
+    Args:
+        stages, strides, pad: as :func:`stitch_stages`.
+        images: (N, C, H, W), for the size, dtype and device (not the values).
+        seed: seed of the random input.
+
+    Returns:
+        One reach per stage of the chain that :func:`stitch_stages` runs.
+    """
+    wanted = {name: int(s) for name, s in strides.items() if int(s) > 1}
+    if not wanted:
+        return []
+    names = [name for name, _ in stages]
+    chain = stages[: max(names.index(name) for name in wanted) + 1]
+    gen = torch.Generator().manual_seed(seed)
+    shape = (1, images.shape[1], images.shape[-2] + 2 * pad, images.shape[-1] + 2 * pad)
+    x = torch.randn(shape, generator=gen).to(images.device, images.dtype)
+    cost: list[float] = []  # image pixels each stage's window adds beyond its output
+    s_in = 1
+    for name, stage in chain:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = stage(x.clone())  # a stage may work in place (ReLU6(inplace=True))
+            ratio = _ratio(x.shape[-2:], y.shape[-2:], name)
+            cy, cx = y.shape[-2] // 2, y.shape[-1] // 2
+            weights = torch.rand(y.shape[1], generator=gen).to(y.device, y.dtype) + 0.5
+            objective = (y[0, :, cy, cx] * weights).sum()
+            grad = (torch.autograd.grad(objective, x, allow_unused=True)[0]
+                    if objective.requires_grad else None)
+        support = None if grad is None else grad[0].abs().sum(0) != 0
+        if support is None or not bool(support.any()):
+            half = max(x.shape[-2:])  # no measurable window: never crop before it
+        else:
+            rows = torch.nonzero(support.any(1)).flatten()
+            cols = torch.nonzero(support.any(0)).flatten()
+            half = max(ratio * cy - int(rows[0]), int(rows[-1]) - ratio * cy,
+                       ratio * cx - int(cols[0]), int(cols[-1]) - ratio * cx, 0)
+        cost.append(half * s_in)
+        s_in *= ratio
+        x = y.detach()
+    top = max(wanted.values())
+    return [top + int(sum(cost[j:])) for j in range(len(chain))]
 
 
 def _stage_ratios(chain: Sequence[tuple[str, torch.nn.Module]], x: torch.Tensor) -> list[int]:
