@@ -30,10 +30,10 @@ import yaml
 from common import ROOT, Goal, paired_ratio, run_standalone, set_threads, smooth_fields, write_json
 
 from featalign.extractor import build_extractor
-from featalign.features import _dense_features, _forward_all, _stages, padding_for
+from featalign.forward import chain_of_stages, dense_plain, forward_all, padding_for
 from featalign.lattice import probe_grid
 from featalign.plugins import get_network
-from featalign.stitch import stages_agree, stitch_stages
+from featalign.stitch import stage_reach, stages_agree, stitch_stages
 
 NAME = "features"
 #: The goal of the batched throughput over the batch-1 loop.
@@ -110,21 +110,22 @@ def stage_by_stage(images: torch.Tensor, batch: int, repeats: int) -> tuple[Goal
     strided = {layer: s for layer, s in strides.items() if s > 1}
     pad = padding_for(probes, 96)
     crops = {layer: (pad // int(p.stride), p.height, p.width) for layer, p in probes.items()}
-    stages = _stages(extractor)
+    stages = chain_of_stages(extractor)
     device = torch.device("cpu")
     print(f"[features] dense maps of {name} ({len(images)} images, strides "
           f"{sorted(set(strides.values()))}): stage by stage vs plain shift-and-stitch", flush=True)
     with torch.inference_mode():
-        built = _forward_all(extractor, images, crops, pad=pad, device=device, batch_size=batch,
-                             progress=False)
+        built = forward_all(extractor, images, crops, pad=pad, device=device, batch_size=batch,
+                            progress=False)
+    reach = stage_reach(stages, images, strided, pad=pad)  # cropped stages, as the stage runs them
     out: dict[str, dict] = {}
     seconds: dict[str, list[float]] = {"plain": [], "stages": []}
 
     def plain() -> float:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out["plain"] = _dense_features(extractor, images, crops, strides, built, pad=pad,
-                                           device=device, batch_size=batch, bar=None)
+            out["plain"] = dense_plain(extractor, images, crops, strides, built, pad=pad,
+                                      device=device, batch_size=batch, bar=None)
         seconds["plain"].append(time.perf_counter() - t0)
         return seconds["plain"][-1]
 
@@ -133,7 +134,8 @@ def stage_by_stage(images: torch.Tensor, batch: int, repeats: int) -> tuple[Goal
         with torch.inference_mode():
             maps = {}
             for lo in range(0, len(images), batch):
-                part = stitch_stages(stages, images[lo : lo + batch], strided, crops, pad=pad)
+                part = stitch_stages(stages, images[lo : lo + batch], strided, crops, pad=pad,
+                                     reach=reach)
                 for layer, m in part.items():
                     maps.setdefault(layer, []).append(m)
             out["stages"] = {k: torch.cat(v).numpy() for k, v in maps.items()}

@@ -224,10 +224,10 @@ class TestStageByStage:
 
     def test_equals_plain_shift_and_stitch(self, small, monkeypatch, caplog):
         net = get_network("vgg_random")
-        with caplog.at_level("INFO", logger="featalign.features"):
+        with caplog.at_level("INFO", logger="featalign.forward"):
             staged = extract_features(small, net, {"width": 4}, progress=False)
         assert "dense evaluation stage by stage: equals plain" in caplog.text
-        monkeypatch.setattr("featalign.features._stages", lambda extractor: None)
+        monkeypatch.setattr("featalign.features.chain_of_stages", lambda extractor: None)
         plain = extract_features(small, net, {"width": 4}, progress=False)
         got, want = self._dense(staged), self._dense(plain)
         for key in want:
@@ -238,9 +238,7 @@ class TestStageByStage:
                                                                    caplog):
         """A chain the check finds different from the network (here: a stage that
         rescales by position) is not used: the maps are plain shift-and-stitch's."""
-        from featalign import features
-
-        real = features._stages
+        from featalign.forward import chain_of_stages as real
 
         class Ramp(torch.nn.Module):
             def forward(self, x):
@@ -251,10 +249,10 @@ class TestStageByStage:
             return tuple(chain[:1]) + (("ramp#", Ramp()),) + tuple(chain[1:])
 
         net = get_network("vgg_random")
-        monkeypatch.setattr("featalign.features._stages", lambda extractor: None)
+        monkeypatch.setattr("featalign.features.chain_of_stages", lambda extractor: None)
         plain_tree = extract_features(small, net, {"width": 4}, progress=False)
-        monkeypatch.setattr("featalign.features._stages", skewed)
-        with caplog.at_level("WARNING", logger="featalign.features"):
+        monkeypatch.setattr("featalign.features.chain_of_stages", skewed)
+        with caplog.at_level("WARNING", logger="featalign.forward"):
             tree = extract_features(small, net, {"width": 4}, progress=False)
         assert "plain shift-and-stitch instead" in caplog.text
         got, want = self._dense(tree), self._dense(plain_tree)
@@ -266,15 +264,15 @@ class TestStageByStage:
         it seemed: ValueError) is not used either: the job goes on with plain
         shift-and-stitch instead of failing."""
         net = get_network("vgg_random")
-        monkeypatch.setattr("featalign.features._stages", lambda extractor: None)
+        monkeypatch.setattr("featalign.features.chain_of_stages", lambda extractor: None)
         plain_tree = extract_features(small, net, {"width": 4}, progress=False)
         monkeypatch.undo()
 
         def broken(*args, **kwargs):
             raise ValueError("stage 'block3': its maps are too small to crop")
 
-        monkeypatch.setattr("featalign.features.stitch_stages", broken)
-        with caplog.at_level("WARNING", logger="featalign.features"):
+        monkeypatch.setattr("featalign.forward.stitch_stages", broken)
+        with caplog.at_level("WARNING", logger="featalign.forward"):
             tree = extract_features(small, net, {"width": 4}, progress=False)
         assert "too small to crop): plain shift-and-stitch instead" in caplog.text
         got, want = self._dense(tree), self._dense(plain_tree)

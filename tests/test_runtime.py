@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featalign.features import _forward_all
+from featalign.forward import forward_all
 from featalign.runtime import (
     BatchSizer,
     is_out_of_memory,
@@ -131,7 +131,7 @@ class TestForwardAllRecovers:
         images = torch.rand(11, 1, 8, 8)
         crops = {"conv": (0, 8, 8)}
         kwargs = {"pad": 0, "device": CPU, "progress": False, "label": "t"}
-        got = _forward_all(Flaky(), images, crops, batch_size=8, **kwargs)["conv"]
+        got = forward_all(Flaky(), images, crops, batch_size=8, **kwargs)["conv"]
         with torch.inference_mode():
             want = conv(images).numpy()
         assert got.shape == want.shape

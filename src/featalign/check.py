@@ -571,7 +571,7 @@ def _check_stages(
     shift-and-stitch (the feature stage would fall back to the slower plain method)."""
     if spec.stages is None:
         return
-    from featalign.features import staged_difference
+    from featalign.forward import staged_difference
     from featalign.stitch import STAGE_RTOL
 
     try:

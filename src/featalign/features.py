@@ -45,8 +45,10 @@ stride, and s² times the pixels of each strided layer (one stride-1 map each).
 A plugin that is a chain of stages (:class:`featalign.nets.Tapped`, as every
 built-in random network) is evaluated stage by stage instead
 (:func:`featalign.stitch.stitch_stages`: each stage once per phase of its own
-stride, 3–4× fewer operations for the invariant networks), after a check on the
-job's first images that it reproduces the plain method (it falls back otherwise).
+stride, each on the region the later stages' windows reach: 3–4× fewer operations
+for the invariant networks, and 1.5–2.3× fewer again from the crop), after a check
+on the job's first images that it reproduces the plain method (it falls back
+otherwise). How a network is run, as built and densely, is :mod:`featalign.forward`'s.
 
 Feature maps are float32, zlib-compressed; each layer is its own netCDF group,
 so one layer reads without the rest.
@@ -63,12 +65,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,20 +79,20 @@ from tqdm import tqdm
 
 from featalign import __version__
 from featalign.extractor import build_extractor
+from featalign.forward import (
+    Network,
+    chain_of_stages,
+    dense_by_stages,
+    dense_plain,
+    forward_all,
+    padding_for,
+    staged_ok,
+)
 from featalign.geometry import Grid
 from featalign.io import Pending, file_sha256, incremental_netcdf, make_attrs, read_finite
 from featalign.lattice import probe_grid
-from featalign.nets import Tapped
 from featalign.plugins import NetworkSpec, PluginError
-from featalign.runtime import BatchSizer, is_out_of_memory
-from featalign.stitch import (
-    dense_phases,
-    phase_padding,
-    shift_and_stitch,
-    stage_reach,
-    stages_agree,
-    stitch_stages,
-)
+from featalign.stitch import dense_phases
 
 __all__ = [
     "CHUNK",
@@ -101,7 +101,6 @@ __all__ = [
     "convert_channels",
     "extract_features",
     "layer_grid",
-    "padding_for",
     "write_features",
 ]
 
@@ -153,111 +152,6 @@ def layer_grid(ds: xr.Dataset) -> Grid:
     )
 
 
-def padding_for(probes: Mapping[str, Any], max_pad: int) -> int:
-    """Zero padding (pixels per side) that covers every layer's receptive field.
-
-    A multiple of every layer's stride (so the lattices stay put), at most
-    ``max_pad`` rounded down to such a multiple.
-
-    Example:
-        >>> from types import SimpleNamespace as P
-        >>> padding_for({"a": P(stride=2, radius=5.0), "b": P(stride=4, radius=9.0)}, 64)
-        12
-    """
-    step = math.lcm(*(int(p.stride) for p in probes.values()))
-    need = max(float(p.radius) for p in probes.values())
-    pad = step * math.ceil(need / step)
-    cap = step * (max_pad // step)
-    if pad > cap:
-        log.warning(
-            "receptive fields reach %.0f px but padding is capped at %d px: features near "
-            "the canvas border feel the network's own zero padding (raise features.max_pad)",
-            need, cap,
-        )
-    return min(pad, cap)
-
-
-def _forward_all(
-    extractor: torch.nn.Module,
-    images: torch.Tensor,
-    crops: Mapping[str, tuple[int, int, int]],
-    *,
-    pad: int | Sequence[int],
-    device: torch.device,
-    batch_size: int,
-    progress: bool = True,
-    label: str = "",
-    bar: tqdm | None = None,
-) -> dict[str, np.ndarray]:
-    """Run ``images`` (N, C, H, W), zero-padded by ``pad``, through the extractor in batches.
-
-    ``pad`` is one width for every side or the (left, right, top, bottom) widths of
-    ``torch.nn.functional.pad`` (:func:`featalign.stitch.phase_padding` moves the
-    content this way). ``crops[layer] = (first, height, width)`` crops each padded
-    layer back to the canvas's lattice. Returns float32 numpy arrays per layer.
-    ``bar``, if given, is advanced by the images done (one bar over several calls);
-    otherwise a bar of its own is shown if ``progress``.
-    """
-    widths = (pad,) * 4 if isinstance(pad, int) else tuple(int(p) for p in pad)
-
-    def run(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        if any(widths):
-            batch = torch.nn.functional.pad(batch, widths)
-        feats = extractor(batch)
-        return {layer: feats[layer][..., k0 : k0 + hl, k0 : k0 + wl]
-                for layer, (k0, hl, wl) in crops.items()}
-
-    return _batched(run, images, device=device, batch_size=batch_size, progress=progress,
-                    label=label, bar=bar)
-
-
-def _batched(
-    run: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
-    images: torch.Tensor,
-    *,
-    device: torch.device,
-    batch_size: int,
-    progress: bool = True,
-    label: str = "",
-    bar: tqdm | None = None,
-    passes: int = 1,
-) -> dict[str, np.ndarray]:
-    """``run`` over ``images`` in batches sized to the device (halved on out-of-memory),
-    its maps gathered as float32 numpy arrays; the bar advances ``passes`` per image."""
-    out: dict[str, np.ndarray] = {}
-    n = images.shape[0]
-    sizer = BatchSizer(device, batch_size, limit=n)
-    own_bar = bar is None
-    if bar is None:
-        bar = tqdm(total=n * passes, desc=label, unit="img", disable=not progress,
-                   mininterval=1.0)
-    start = 0
-    with torch.inference_mode():
-        while start < n:
-            size = sizer.size
-            batch = images[start : start + size].to(device)
-            try:
-                with sizer.measure(batch.shape[0]):
-                    feats = run(batch)
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                del batch
-                sizer.shrink(exc)
-                continue
-            for layer, maps in feats.items():
-                f = maps.float().cpu().numpy()
-                if layer not in out:
-                    out[layer] = np.empty((n, *f.shape[1:]), dtype=np.float32)
-                out[layer][start : start + f.shape[0]] = f
-            del feats
-            start += batch.shape[0]
-            bar.update(batch.shape[0] * passes)
-    if own_bar:
-        bar.close()
-    return out
-
-
 _SPATIAL = {"": ("y", "x"), "dense_": ("dense_y", "dense_x")}
 
 
@@ -293,37 +187,6 @@ def _feature_variables(
             for (name, (dims, attrs)), part in zip(_variable_frames(layer, prefix).items(), parts)}
 
 
-def _dense_features(
-    extractor: torch.nn.Module,
-    images: torch.Tensor,
-    crops: Mapping[str, tuple[int, int, int]],
-    strides: Mapping[str, int],
-    as_built: Mapping[str, np.ndarray],
-    *,
-    pad: int,
-    device: torch.device,
-    batch_size: int,
-    bar: tqdm | None,
-) -> dict[str, np.ndarray]:
-    """Shift-and-stitch maps of the layers of stride > 1 (:func:`featalign.stitch.shift_and_stitch`).
-
-    Phase (0, 0) is the as-built pass (``as_built``, not run again); every other
-    phase runs ``images`` padded by :func:`featalign.stitch.phase_padding` and
-    keeps the layers whose stride exceeds it.
-    """
-    strided = {layer: int(s) for layer, s in strides.items() if int(s) > 1}
-
-    def forward(phase: tuple[int, int]) -> dict[str, np.ndarray]:
-        if phase == (0, 0):
-            return {layer: as_built[layer] for layer in strided}
-        needed = {k: v for k, v in crops.items() if k in strided and max(phase) < strided[k]}
-        return _forward_all(extractor, images, needed, pad=phase_padding(pad, *phase),
-                            device=device, batch_size=batch_size, bar=bar,
-                            progress=bar is not None)
-
-    return shift_and_stitch(forward, strided)
-
-
 @contextlib.contextmanager
 def _time_limit(seconds: float, spec: NetworkSpec, dataset: str) -> Iterator[None]:
     """Raise PluginError in the main thread when the block runs longer than ``seconds``."""
@@ -347,30 +210,6 @@ def _time_limit(seconds: float, spec: NetworkSpec, dataset: str) -> Iterator[Non
         signal.signal(signal.SIGALRM, previous)
 
 
-@dataclass(frozen=True)
-class _Network:
-    """A network built and probed for one dataset: what every chunk of images needs."""
-
-    spec: NetworkSpec
-    options: dict[str, Any]
-    extractor: torch.nn.Module
-    probes: dict[str, Any]
-    pad: int
-    crops: dict[str, tuple[int, int, int]]
-    strides: dict[str, int]
-    phases: list[tuple[int, int]]
-    device: torch.device
-    batch_size: int
-    name: str
-    height: int
-    width: int
-    #: the chain of stages (:func:`_stages`), for the stage-by-stage dense evaluation;
-    #: None: plain shift-and-stitch
-    stages: tuple[tuple[str, torch.nn.Module], ...] | None = None
-    #: "staged": whether the first images confirmed the stage-by-stage evaluation
-    state: dict[str, Any] = field(default_factory=dict)
-
-
 def _prepare(
     dataset: xr.Dataset,
     spec: NetworkSpec,
@@ -380,7 +219,7 @@ def _prepare(
     batch_size: int,
     max_pad: int,
     dense: bool,
-) -> _Network:
+) -> Network:
     """Build and probe the network for the dataset's canvas; refuse a canvas it cannot tile."""
     device = torch.device(device)
     options = dict(options or {})
@@ -406,129 +245,17 @@ def _prepare(
             )
     pad = padding_for(probes, max_pad)
     strides = {layer: int(p.stride) for layer, p in probes.items()}
-    return _Network(
+    return Network(
         spec=spec, options=options, extractor=extractor, probes=probes, pad=pad,
         crops={layer: (pad // int(p.stride), p.height, p.width) for layer, p in probes.items()},
         strides=strides, phases=dense_phases(strides) if dense else [], device=device,
         batch_size=batch_size, name=str(dataset.attrs.get("dataset", "dataset")),
-        height=h, width=w, stages=_stages(extractor),
+        height=h, width=w, stages=chain_of_stages(extractor),
     )
-
-
-def _stages(extractor: torch.nn.Module) -> tuple[tuple[str, torch.nn.Module], ...] | None:
-    """The plugin's chain of stages (its ``stages=``, or a :class:`featalign.nets.Tapped`
-    module's stages) when it includes every declared layer, nested ``nn.Sequential``
-    opened into their modules (so that what precedes a stride runs once per phase of the
-    stride before it); None otherwise (plain shift-and-stitch)."""
-    inner = getattr(extractor, "inner", None)
-    declared = getattr(extractor, "chain", None)
-    if declared is not None:  # the plugin's stages=
-        stages = [(str(name), module) for name, module in declared]
-    elif getattr(extractor, "nodes", None) is None and isinstance(inner, Tapped):
-        stages = list(inner.stages.items())
-    else:
-        return None
-    if not set(extractor.layers) <= {name for name, _ in stages}:
-        return None
-    chain: list[tuple[str, torch.nn.Module]] = []
-
-    def add(name: str, module: torch.nn.Module) -> None:
-        children = list(module.children()) if isinstance(module, torch.nn.Sequential) else []
-        if not children:
-            chain.append((name, module))
-            return
-        for i, child in enumerate(children):  # only the last step's output is the tap
-            add(name if i == len(children) - 1 else f"{name}#{len(chain)}", child)
-
-    for name, stage in stages:
-        add(name, stage)
-    return tuple(chain)
-
-
-def _dense_by_stages(
-    net: _Network, images: torch.Tensor, as_built: Mapping[str, np.ndarray], bar: tqdm | None
-) -> dict[str, np.ndarray]:
-    """Dense maps of the strided layers stage by stage (:func:`featalign.stitch.stitch_stages`),
-    phase (0, 0) set to the as-built maps (equal up to rounding, so that the dense map
-    holds the as-built one bit for bit, as with plain shift-and-stitch)."""
-    strided = {layer: s for layer, s in net.strides.items() if s > 1}
-    if "reach" not in net.state:  # measured once per job: which cells each stage needs
-        net.state["reach"] = stage_reach(net.stages, images, strided, pad=net.pad)
-    dense = _batched(
-        lambda batch: stitch_stages(net.stages, batch, strided, net.crops, pad=net.pad,
-                                     reach=net.state["reach"]),
-        images, device=net.device, batch_size=net.batch_size, progress=False, bar=bar,
-        passes=max(1, len(net.phases) - 1),
-    )
-    for layer, s in strided.items():
-        dense[layer][..., ::s, ::s] = as_built[layer][: len(images)]
-    return dense
-
-
-def staged_difference(
-    extractor: torch.nn.Module, images: torch.Tensor, *, max_pad: int = 96
-) -> float | None:
-    """How far the stage-by-stage dense maps of ``images`` (N, C, H, W) are from plain
-    shift-and-stitch's (largest difference relative to the largest value, over the
-    strided layers); None where the network has no chain of stages or no strided layer.
-    ``featalign plugins check`` reports it for a plugin that declares ``stages=``."""
-    stages = _stages(extractor)
-    probes = probe_grid(extractor, extractor.spec.in_channels, size=images.shape[-1])
-    strides = {layer: int(p.stride) for layer, p in probes.items()}
-    if stages is None or max(strides.values()) <= 1:
-        return None
-    pad = padding_for(probes, max_pad)
-    crops = {layer: (pad // int(p.stride), p.height, p.width) for layer, p in probes.items()}
-    device = next((p.device for p in extractor.parameters()), torch.device("cpu"))
-    net = _Network(
-        spec=extractor.spec, options={}, extractor=extractor, probes=probes, pad=pad,
-        crops=crops, strides=strides, phases=dense_phases(strides), device=device,
-        batch_size=len(images), name="check", height=images.shape[-2], width=images.shape[-1],
-        stages=stages,
-    )
-    built = _forward_all(extractor, images, crops, pad=pad, device=device,
-                         batch_size=len(images), progress=False)
-    plain = _dense_features(extractor, images, crops, strides, built, pad=pad, device=device,
-                            batch_size=len(images), bar=None)
-    return stages_agree(_dense_by_stages(net, images, built, None), plain)[1]
-
-
-#: Images of each job on which the stage-by-stage dense maps are checked against plain
-#: shift-and-stitch before they are used.
-STAGE_CHECK_IMAGES = 2
-
-
-def _staged_ok(net: _Network, images: torch.Tensor, as_built: Mapping[str, np.ndarray]) -> bool:
-    """Whether stage-by-stage dense evaluation reproduces plain shift-and-stitch on the job's
-    first images (decided once per job, logged): a plugin whose stages are not
-    sliding windows (a global pooling or a position-dependent operation before its last
-    strided layer) falls back to the plain method."""
-    if "staged" not in net.state:
-        few = images[:STAGE_CHECK_IMAGES]
-        plain = _dense_features(net.extractor, few, net.crops, net.strides,
-                                {k: v[: len(few)] for k, v in as_built.items()}, pad=net.pad,
-                                device=net.device, batch_size=net.batch_size, bar=None)
-        try:
-            staged = _dense_by_stages(net, few, as_built, None)
-        except ValueError as exc:  # a stage whose stride or reach is not what it seemed
-            log.warning("dense evaluation stage by stage failed (%s): plain shift-and-stitch "
-                        "instead", exc)
-            net.state["staged"] = False
-            return False
-        ok, worst = stages_agree(staged, plain)
-        net.state["staged"] = ok
-        if ok:
-            log.info("dense evaluation stage by stage: equals plain shift-and-stitch on %d "
-                     "images (largest difference %.1e of the largest value)", len(few), worst)
-        else:
-            log.warning("dense evaluation stage by stage differs from plain shift-and-stitch "
-                        "by %.1e of the largest value on %d images (stages that are not "
-                        "sliding windows?): plain shift-and-stitch instead", worst, len(few))
-    return net.state["staged"]
 
 
 def _maps(
-    net: _Network, images: np.ndarray, bar: tqdm, where: str = ""
+    net: Network, images: np.ndarray, bar: tqdm, where: str = ""
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """As-built and dense (strided layers, if ``net.phases``) maps of images (N, C, H, W).
 
@@ -537,13 +264,13 @@ def _maps(
     """
     stack = convert_channels(torch.from_numpy(np.ascontiguousarray(images)),
                              net.spec.in_channels).contiguous()
-    feats = _forward_all(net.extractor, stack, net.crops, pad=net.pad, device=net.device,
+    feats = forward_all(net.extractor, stack, net.crops, pad=net.pad, device=net.device,
                          batch_size=net.batch_size, bar=bar)
     dense_feats: dict[str, np.ndarray] = {}
-    if net.phases and net.stages is not None and _staged_ok(net, stack, feats):
-        dense_feats = _dense_by_stages(net, stack, feats, bar)
+    if net.phases and net.stages is not None and staged_ok(net, stack, feats):
+        dense_feats = dense_by_stages(net, stack, feats, bar)
     elif net.phases:
-        dense_feats = _dense_features(net.extractor, stack, net.crops, net.strides, feats,
+        dense_feats = dense_plain(net.extractor, stack, net.crops, net.strides, feats,
                                       pad=net.pad, device=net.device,
                                       batch_size=net.batch_size, bar=bar)
     for layer in net.spec.layers:
@@ -558,7 +285,7 @@ def _maps(
     return feats, dense_feats
 
 
-def _log_plan(net: _Network, n_images: int) -> None:
+def _log_plan(net: Network, n_images: int) -> None:
     log.info("%s on %s: %d images of %dx%d on %s", net.spec.name, net.name, n_images,
              net.height, net.width, net.device)
     if net.phases:
@@ -575,7 +302,7 @@ def _log_plan(net: _Network, n_images: int) -> None:
 
 
 def _group_frame(
-    net: _Network, dataset: xr.Dataset, layer: str, depth: int, channels: int
+    net: Network, dataset: xr.Dataset, layer: str, depth: int, channels: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Coordinates and attributes of a layer's group (everything but its maps)."""
     p = net.probes[layer]
@@ -615,7 +342,7 @@ def _group_frame(
     return coords, attrs
 
 
-def _root(net: _Network, dataset: xr.Dataset, config: Any, rule: str, seconds: float) -> xr.Dataset:
+def _root(net: Network, dataset: xr.Dataset, config: Any, rule: str, seconds: float) -> xr.Dataset:
     """The root group: provenance."""
     spec, options = net.spec, net.options
     return xr.Dataset(
@@ -640,7 +367,7 @@ def _root(net: _Network, dataset: xr.Dataset, config: Any, rule: str, seconds: f
     )
 
 
-def _progress(net: _Network, n_images: int, progress: bool) -> tqdm:
+def _progress(net: Network, n_images: int, progress: bool) -> tqdm:
     return tqdm(total=n_images * max(1, len(net.phases)), desc=f"{net.spec.name} on {net.name}",
                 unit="img", disable=not progress, mininterval=1.0)
 
@@ -723,7 +450,7 @@ CHUNK = 32
 MAX_CHUNK_BYTES = 512 << 20
 
 
-def _bytes_per_image(net: _Network) -> int:
+def _bytes_per_image(net: Network) -> int:
     """Bytes of one image's maps, as built and dense (float32), from a forward pass of zeros."""
     zeros = torch.zeros(1, net.spec.in_channels, net.height + 2 * net.pad,
                         net.width + 2 * net.pad, device=net.device)
@@ -860,7 +587,7 @@ def write_features(
 
 
 def _open_features(
-    net: _Network,
+    net: Network,
     dataset: xr.Dataset,
     feats: Mapping[str, np.ndarray],
     path: str | Path,
