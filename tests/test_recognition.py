@@ -19,20 +19,18 @@ from featalign.check import check_network, smooth_images
 from featalign.config import ConfigError, validate_config
 from featalign.datasets import DatasetSpec, build_dataset
 from featalign.lattice import probe_grid
+from featalign.names import ALIGNMENTS
 from featalign.plugins import PluginError, get_network, load_plugins
-from featalign.recognition import (
-    ALIGNMENTS,
+from featalign.recognition.measure import (
     HEAD_TOL,
     build_classifier,
     head_differences,
     heldout_digits,
-    problem_table,
-    recognition_claims,
     recognition_dataset,
     recognition_digits,
     recognition_images,
-    recognition_table,
 )
+from featalign.summary.recognition import problem_table, recognition_claims, recognition_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"

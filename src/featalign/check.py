@@ -602,7 +602,7 @@ def _check_head(
     """6. a classifier's head (``head=``): head_k(body_k(x)) must be the network's logits."""
     if spec.head is None:
         return
-    from featalign.recognition import HEAD_TOL, build_classifier, head_differences
+    from featalign.recognition.measure import HEAD_TOL, build_classifier, head_differences
 
     try:
         diffs = head_differences(build_classifier(spec, opts), x)

@@ -463,7 +463,7 @@ def validate_config(
     fill_defaults(config, schema)
     check_config(config)
     specs = check_networks(config)
-    from featalign.recognition import check_recognition  # the recognize stage's own checks
+    from featalign.recognition.config import check_recognition  # the recognize stage's own checks
 
     check_recognition(config, specs)
     return specs

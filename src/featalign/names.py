@@ -1,11 +1,18 @@
-"""Names shared by computing and reading results: the transformation families and the
-alignment measures. Apart from the modules that compute with them
+"""Names shared by computing and reading results: the transformation families, the
+alignment measures and the recognize stage's alignments. Apart from the modules that compute with them
 (:mod:`featalign.geometry`, :mod:`featalign.align.measures`), so that the jobs that only
 read and plot results need no torch (its import is 2-3 s of each such job's start-up)."""
 
 from __future__ import annotations
 
-__all__ = ["FAMILIES", "MEASURES"]
+__all__ = [
+    "ALIGNMENTS",
+    "FAMILIES",
+    "FITTED",
+    "MEASURES",
+    "PRIMARY_SET",
+    "RECOGNITION_EVALUATION",
+]
 
 #: The transformation families of the theory, in the order of the prediction table.
 FAMILIES: tuple[str, ...] = (
@@ -21,3 +28,23 @@ FAMILIES: tuple[str, ...] = (
 #: The seven measures, in the order of the last axis of ``LayerAlignment.errors``
 #: (README "Measures").
 MEASURES: tuple[str, ...] = ("none", "oracle", "affine", "dense", "mixing", "input", "constant")
+
+#: The recognize stage's alignments fed to the head after layer k, in the order of the
+#: ``alignment`` dimension of a recognition file (:mod:`featalign.recognition.measure`).
+ALIGNMENTS: tuple[str, ...] = ("none", "oracle", "affine", "dense", "input")
+
+#: The sample set each alignment is judged on: affine and dense need the align stage's warps.
+PRIMARY_SET: dict[str, str] = {
+    "none": "recognition",
+    "oracle": "recognition",
+    "affine": "alignment",
+    "dense": "alignment",
+    "input": "recognition",
+}
+
+#: The alignments the align stage fits (computed on the alignment set only).
+FITTED: tuple[str, ...] = ("affine", "dense")
+
+#: The evaluation whose warps the affine and dense alignments use (what an STN on the real
+#: network faces).
+RECOGNITION_EVALUATION = "as_built"

@@ -200,8 +200,8 @@ def plan_run(config: Mapping[str, Any], networks: Mapping[str, NetworkSpec]) -> 
 def _recognition_plan(
     config: Mapping[str, Any], networks: Mapping[str, NetworkSpec], pairs: tuple
 ) -> dict[str, Any]:
-    """The recognize jobs (featalign.recognition.recognition_networks on their datasets)."""
-    from featalign.recognition import recognition_networks, recognition_samples
+    """The recognize jobs (featalign.recognition.config.recognition_networks on their datasets)."""
+    from featalign.recognition.config import recognition_networks, recognition_samples
 
     chosen = set(recognition_networks(config, networks))
     recognitions = tuple((d, n) for d, n in pairs if n in chosen)

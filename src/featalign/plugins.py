@@ -149,7 +149,7 @@ class NetworkSpec:
             and a layer label, a module mapping that layer's feature maps
             (N, C_l, H_l, W_l) to the network's logits (N, classes). The network's own
             logits are ``model(x)``, or ``model(x)["logits"]`` for a module that returns
-            a dict (:mod:`featalign.recognition`).
+            a dict (:mod:`featalign.recognition.measure`).
         stages: optional, for speed: ``stages(model) -> [(label, module), …]``, the
             network up to its last declared layer as a chain of modules, each mapping
             the previous one's output to the next, labelled with the declared layer it

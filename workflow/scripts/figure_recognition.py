@@ -1,8 +1,8 @@
 """Adapter: one recognition file -> featalign.figures.recognition."""
 
 from featalign.figures.recognition import plot_recognition
-from featalign.recognition import problem_table, recognition_table
 from featalign.runtime import log_to
+from featalign.summary.recognition import problem_table, recognition_table
 
 log_to(snakemake.log[0], snakemake.threads)  # noqa: F821
 out, claims = snakemake.output, snakemake.params.claims  # noqa: F821

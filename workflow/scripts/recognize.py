@@ -1,4 +1,4 @@
-"""Adapter: dataset + alignment files + classifier plugin -> featalign.recognition ->
+"""Adapter: dataset + alignment files + classifier plugin -> featalign.recognition.measure ->
 results/recognition/{dataset}/{network}.nc."""
 
 import json
@@ -8,7 +8,7 @@ import torch
 from featalign.datasets import DatasetSpec
 from featalign.io import open_dataset, write_netcdf
 from featalign.plugins import get_network
-from featalign.recognition import build_classifier, recognition_dataset, recognition_digits
+from featalign.recognition.measure import build_classifier, recognition_dataset, recognition_digits
 from featalign.runtime import log_to, resolve_device
 
 log_to(snakemake.log[0], snakemake.threads)  # noqa: F821

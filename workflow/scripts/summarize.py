@@ -4,15 +4,15 @@ claims_summary.md."""
 import pandas as pd
 
 from featalign.io import atomic_path
-from featalign.recognition import (
+from featalign.runtime import log_to
+from featalign.summary.claims import EVALUATIONS, claims_table, with_recognition
+from featalign.summary.markdown import claims_summary_markdown, verdict_grid_markdown
+from featalign.summary.recognition import (
     problem_table,
     recognition_claims,
     recognition_markdown,
     recognition_table,
 )
-from featalign.runtime import log_to
-from featalign.summary.claims import EVALUATIONS, claims_table, with_recognition
-from featalign.summary.markdown import claims_summary_markdown, verdict_grid_markdown
 from featalign.summary.separation import separation_table
 from featalign.summary.tables import errors_table, ordered
 

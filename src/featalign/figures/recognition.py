@@ -4,7 +4,7 @@ One panel per (transformation family, layer): the agreement of the top-1 decisio
 the untransformed image's against the magnitude (the accuracy, where the samples have
 labels, is in ``recognition.csv``), one line per alignment (``none``, ``oracle``,
 ``affine``, ``dense``, ``input``) with its Wilson interval as a band; each alignment on
-its own sample set (:data:`featalign.recognition.PRIMARY_SET`: ``affine`` and ``dense``
+its own sample set (:data:`featalign.names.PRIMARY_SET`: ``affine`` and ``dense``
 on the dataset's samples, the others on the larger recognition set). A dotted line marks 1.
 """
 
@@ -18,7 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from featalign.figures.style import band, marker, save, style
-from featalign.recognition import ALIGNMENTS, PRIMARY_SET
+from featalign.names import ALIGNMENTS, PRIMARY_SET
 
 __all__ = ["ALIGNMENT_COLOURS", "ALIGNMENT_LABELS", "plot_recognition"]
 
@@ -43,7 +43,7 @@ def plot_recognition(
     """Draw the recognition figure of one classifier on one dataset.
 
     Args:
-        table: :func:`featalign.recognition.recognition_table` rows of one dataset and
+        table: :func:`featalign.summary.recognition.recognition_table` rows of one dataset and
             network.
         png: output PNG path.
         pdf: output PDF path.

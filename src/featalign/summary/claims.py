@@ -340,7 +340,7 @@ def claims_table(
 
 def with_recognition(claims: pd.DataFrame, recognition: pd.DataFrame) -> pd.DataFrame:
     """``claims.csv``: the alignment claims, then the recognition claims
-    (:func:`featalign.recognition.recognition_claims`), told apart by the column ``about``
+    (:func:`featalign.summary.recognition.recognition_claims`), told apart by the column ``about``
     (``alignment`` or ``recognition``); ``alignment`` names a recognition claim's
     alignment (``oracle``, ``affine``, ``input``) and is empty for an alignment claim.
 
