@@ -271,7 +271,7 @@ class TestStageByStage:
         def broken(*args, **kwargs):
             raise ValueError("stage 'block3': its maps are too small to crop")
 
-        monkeypatch.setattr("featalign.forward.stitch_stages", broken)
+        monkeypatch.setattr("featalign.forward.stage_maps", broken)
         with caplog.at_level("WARNING", logger="featalign.forward"):
             tree = extract_features(small, net, {"width": 4}, progress=False)
         assert "too small to crop): plain shift-and-stitch instead" in caplog.text

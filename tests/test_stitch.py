@@ -12,6 +12,7 @@ from featalign.stitch import (
     dense_phases,
     phase_padding,
     shift_and_stitch,
+    stage_maps,
     stage_reach,
     stages_agree,
     stitch_stages,
@@ -221,3 +222,26 @@ def test_cropped_stages_give_the_same_maps_on_fewer_pixels() -> None:
     pixels = [sum(h * w for h, w in sizes) for sizes in (whole_sizes, cropped_sizes)]
     assert pixels[1] < 0.6 * pixels[0]
     assert cropped_sizes[0][0] < cropped_sizes[0][1]  # 32 rows, 40 columns: cut per axis
+
+
+def test_stage_maps_give_the_as_built_maps_of_every_layer() -> None:
+    """The same pass gives the as-built maps (phase (0, 0) cropped to the canvas), the
+    stride-1 layer's included, equal to one forward pass of the whole chain; the dense
+    maps hold them as their phase (0, 0)."""
+    pad = 24
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(6)).double()
+    crops = {layer: (pad // s, 32 // s, 32 // s) for layer, s in STRIDES.items()}
+    chain = strided_chain()
+    with torch.no_grad():
+        built, dense = stage_maps(chain, x, STRIDES, crops, pad=pad,
+                                  reach=stage_reach(chain, x, STRIDES, pad=pad))
+        h, whole = F.pad(x, (pad,) * 4), {}
+        for name, stage in chain:
+            h = whole[name] = stage(h)
+    assert set(built) == set(STRIDES) and set(dense) == {"s2", "s4"}
+    for layer, (k0, hl, wl) in crops.items():
+        want = whole[layer][..., k0 : k0 + hl, k0 : k0 + wl]
+        np.testing.assert_allclose(built[layer].numpy(), want.numpy(), rtol=0, atol=1e-12)
+        if layer in dense:
+            s = STRIDES[layer]
+            assert torch.equal(dense[layer][..., ::s, ::s], built[layer])

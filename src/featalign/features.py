@@ -48,7 +48,8 @@ built-in random network) is evaluated stage by stage instead
 stride, each on the region the later stages' windows reach: 3–4× fewer operations
 for the invariant networks, and 1.5–2.3× fewer again from the crop), after a check
 on the job's first images that it reproduces the plain method (it falls back
-otherwise). How a network is run, as built and densely, is :mod:`featalign.forward`'s.
+otherwise); that pass gives the as-built maps too. How a network is run, as built and
+densely, is :mod:`featalign.forward`'s.
 
 Feature maps are float32, zlib-compressed; each layer is its own netCDF group,
 so one layer reads without the rest.
@@ -82,9 +83,9 @@ from featalign.extractor import build_extractor
 from featalign.forward import (
     Network,
     chain_of_stages,
-    dense_by_stages,
     dense_plain,
     forward_all,
+    maps_by_stages,
     padding_for,
     staged_ok,
 )
@@ -264,13 +265,19 @@ def _maps(
     """
     stack = convert_channels(torch.from_numpy(np.ascontiguousarray(images)),
                              net.spec.in_channels).contiguous()
-    feats = forward_all(net.extractor, stack, net.crops, pad=net.pad, device=net.device,
-                         batch_size=net.batch_size, bar=bar)
     dense_feats: dict[str, np.ndarray] = {}
-    if net.phases and net.stages is not None and staged_ok(net, stack, feats):
-        dense_feats = dense_by_stages(net, stack, feats, bar)
-    elif net.phases:
-        dense_feats = dense_plain(net.extractor, stack, net.crops, net.strides, feats,
+    if net.phases and net.stages is not None and staged_ok(net, stack):
+        # one stage-by-stage pass gives the as-built maps too (phase (0, 0))
+        feats, dense_feats = maps_by_stages(net, stack, bar)
+        rest = {k: v for k, v in net.crops.items() if k not in feats}
+        if rest:  # layers after the chain's last strided one: a plain pass
+            feats |= forward_all(net.extractor, stack, rest, pad=net.pad, device=net.device,
+                                 batch_size=net.batch_size, bar=bar)
+    else:
+        feats = forward_all(net.extractor, stack, net.crops, pad=net.pad, device=net.device,
+                            batch_size=net.batch_size, bar=bar)
+        if net.phases:
+            dense_feats = dense_plain(net.extractor, stack, net.crops, net.strides, feats,
                                       pad=net.pad, device=net.device,
                                       batch_size=net.batch_size, bar=bar)
     for layer in net.spec.layers:

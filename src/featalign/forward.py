@@ -9,7 +9,7 @@ network the same way:
 * **densely**, for the layers of stride > 1: plain shift-and-stitch
   (:func:`dense_plain`, :func:`featalign.stitch.shift_and_stitch`: one pass of the
   whole network per phase) or, for a network that is a chain of stages
-  (:func:`chain_of_stages`), stage by stage (:func:`dense_by_stages`,
+  (:func:`chain_of_stages`), stage by stage (:func:`maps_by_stages`,
   :func:`featalign.stitch.stitch_stages`), once :func:`staged_ok` has found it equal
   to the plain method on a job's first images.
 
@@ -34,12 +34,13 @@ from featalign.nets import Tapped
 from featalign.plugins import NetworkSpec
 from featalign.runtime import BatchSizer, is_out_of_memory
 from featalign.stitch import (
+    STAGE_RTOL,
     dense_phases,
     phase_padding,
     shift_and_stitch,
+    stage_maps,
     stage_reach,
     stages_agree,
-    stitch_stages,
 )
 
 __all__ = [
@@ -47,9 +48,9 @@ __all__ = [
     "Network",
     "batched",
     "chain_of_stages",
-    "dense_by_stages",
     "dense_plain",
     "forward_all",
+    "maps_by_stages",
     "padding_for",
     "staged_difference",
     "staged_ok",
@@ -248,32 +249,67 @@ def chain_of_stages(extractor: torch.nn.Module) -> tuple[tuple[str, torch.nn.Mod
     return tuple(chain)
 
 
-def dense_by_stages(
-    net: Network, images: torch.Tensor, as_built: Mapping[str, np.ndarray], bar: tqdm | None
-) -> dict[str, np.ndarray]:
-    """Dense maps of the strided layers stage by stage (:func:`featalign.stitch.stitch_stages`),
-    phase (0, 0) set to the as-built maps (equal up to rounding, so that the dense map
-    holds the as-built one bit for bit, as with plain shift-and-stitch)."""
+def maps_by_stages(
+    net: Network, images: torch.Tensor, bar: tqdm | None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The as-built maps (every layer the chain reaches) and the dense maps of the strided
+    layers, stage by stage on cropped stages (:func:`featalign.stitch.stage_maps`): one
+    pass for both, the dense maps' phase (0, 0) the as-built maps bit for bit.
+
+    Returns:
+        (as built, dense), layer -> float32 maps.
+    """
     strided = {layer: s for layer, s in net.strides.items() if s > 1}
     if "reach" not in net.state:  # measured once per job: which cells each stage needs
         net.state["reach"] = stage_reach(net.stages, images, strided, pad=net.pad)
-    dense = batched(
-        lambda batch: stitch_stages(net.stages, batch, strided, net.crops, pad=net.pad,
-                                     reach=net.state["reach"]),
-        images, device=net.device, batch_size=net.batch_size, progress=False, bar=bar,
-        passes=max(1, len(net.phases) - 1),
-    )
-    for layer, s in strided.items():
-        dense[layer][..., ::s, ::s] = as_built[layer][: len(images)]
-    return dense
+
+    def run(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        built, dense = stage_maps(net.stages, batch, strided, net.crops, pad=net.pad,
+                                  reach=net.state["reach"])
+        return {**{f"built/{k}": v for k, v in built.items()},
+                **{f"dense/{k}": v for k, v in dense.items()}}
+
+    maps = batched(run, images, device=net.device, batch_size=net.batch_size, progress=False,
+                   bar=bar, passes=max(1, len(net.phases)))
+    parts: dict[str, dict[str, np.ndarray]] = {"built": {}, "dense": {}}
+    for key, value in maps.items():
+        which, layer = key.split("/", 1)
+        parts[which][layer] = value
+    return parts["built"], parts["dense"]
+
+
+def _plain_maps(
+    net: Network, images: torch.Tensor
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The as-built and the plain shift-and-stitch maps of ``images`` (no bar)."""
+    built = forward_all(net.extractor, images, net.crops, pad=net.pad, device=net.device,
+                        batch_size=net.batch_size, progress=False)
+    dense = dense_plain(net.extractor, images, net.crops, net.strides, built, pad=net.pad,
+                        device=net.device, batch_size=net.batch_size, bar=None)
+    return built, dense
+
+
+def _difference(
+    net: Network, images: torch.Tensor
+) -> float:
+    """Largest difference (relative to each map's largest value) between the stage-by-stage
+    maps, as built and dense, and the plain ones (raises ValueError where the stages
+    cannot run)."""
+    built, dense = maps_by_stages(net, images, None)
+    plain_built, plain_dense = _plain_maps(net, images)
+    reference = {**{f"built/{k}": plain_built[k] for k in built},
+                 **{f"dense/{k}": v for k, v in plain_dense.items()}}
+    staged = {**{f"built/{k}": v for k, v in built.items()},
+              **{f"dense/{k}": v for k, v in dense.items()}}
+    return stages_agree(staged, reference)[1]
 
 
 def staged_difference(
     extractor: torch.nn.Module, images: torch.Tensor, *, max_pad: int = 96
 ) -> float | None:
-    """How far the stage-by-stage dense maps of ``images`` (N, C, H, W) are from plain
-    shift-and-stitch's (largest difference relative to the largest value, over the
-    strided layers); None where the network has no chain of stages or no strided layer.
+    """How far the stage-by-stage maps of ``images`` (N, C, H, W), as built and dense, are
+    from the plain ones (one forward pass, shift-and-stitch; largest difference relative
+    to the largest value, over the layers); None where the network has no chain of stages or no strided layer.
     ``featalign plugins check`` reports it for a plugin that declares ``stages=``."""
     stages = chain_of_stages(extractor)
     probes = probe_grid(extractor, extractor.spec.in_channels, size=images.shape[-1])
@@ -289,11 +325,7 @@ def staged_difference(
         batch_size=len(images), name="check", height=images.shape[-2], width=images.shape[-1],
         stages=stages,
     )
-    built = forward_all(extractor, images, crops, pad=pad, device=device,
-                         batch_size=len(images), progress=False)
-    plain = dense_plain(extractor, images, crops, strides, built, pad=pad, device=device,
-                            batch_size=len(images), bar=None)
-    return stages_agree(dense_by_stages(net, images, built, None), plain)[1]
+    return _difference(net, images)
 
 
 #: Images of each job on which the stage-by-stage dense maps are checked against plain
@@ -301,24 +333,22 @@ def staged_difference(
 STAGE_CHECK_IMAGES = 2
 
 
-def staged_ok(net: Network, images: torch.Tensor, as_built: Mapping[str, np.ndarray]) -> bool:
-    """Whether stage-by-stage dense evaluation reproduces plain shift-and-stitch on the job's
-    first images (decided once per job, logged): a plugin whose stages are not
-    sliding windows (a global pooling or a position-dependent operation before its last
-    strided layer) falls back to the plain method."""
+def staged_ok(net: Network, images: torch.Tensor) -> bool:
+    """Whether stage-by-stage evaluation reproduces the plain one (as built: one forward
+    pass; dense: shift-and-stitch) on the job's first images (decided once per job,
+    logged): a plugin whose stages are not sliding windows (a global pooling or a
+    position-dependent operation before its last strided layer) falls back to the plain
+    method."""
     if "staged" not in net.state:
         few = images[:STAGE_CHECK_IMAGES]
-        plain = dense_plain(net.extractor, few, net.crops, net.strides,
-                                {k: v[: len(few)] for k, v in as_built.items()}, pad=net.pad,
-                                device=net.device, batch_size=net.batch_size, bar=None)
         try:
-            staged = dense_by_stages(net, few, as_built, None)
+            worst = _difference(net, few)
         except ValueError as exc:  # a stage whose stride or reach is not what it seemed
             log.warning("dense evaluation stage by stage failed (%s): plain shift-and-stitch "
                         "instead", exc)
             net.state["staged"] = False
             return False
-        ok, worst = stages_agree(staged, plain)
+        ok = worst <= STAGE_RTOL
         net.state["staged"] = ok
         if ok:
             log.info("dense evaluation stage by stage: equals plain shift-and-stitch on %d "
