@@ -728,3 +728,19 @@ class TestTrainingCurve:
         torch.save({"state_dict": {}, "meta": {"heldout_accuracy": 0.9}}, weights)
         with pytest.raises(ValueError, match="has no training history"):
             plot_training_curve(weights, tmp_path / "t.png", tmp_path / "t.pdf")
+
+
+def test_save_keeps_text_wider_than_the_figure(tmp_path: Path) -> None:
+    """A title or legend wider than the figure (the recognition figures' suptitle and
+    legend on two narrow columns) is saved whole: the image grows to hold it instead
+    of cutting it at the figure's edge (a constrained layout alone cannot widen it)."""
+    import matplotlib.pyplot as plt
+
+    from featalign.figures.style import RC, save
+
+    fig, ax = plt.subplots(figsize=(2.0, 2.0), layout="constrained")
+    ax.plot([0, 1], [0, 1])
+    fig.suptitle("a title far wider than this two-inch figure, which must not be cut off")
+    save(fig, tmp_path / "f.png", tmp_path / "f.pdf")
+    width = mpimg.imread(tmp_path / "f.png").shape[1]
+    assert width > 1.5 * 2.0 * RC["savefig.dpi"]

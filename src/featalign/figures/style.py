@@ -171,7 +171,7 @@ def save(fig: Figure, png: str | Path, pdf: str | Path) -> Figure:
         for path, fmt in ((png, "png"), (pdf, "pdf")):
             with atomic_path(path) as tmp:
                 fig.savefig(
-                    tmp, format=fmt, dpi=RC["savefig.dpi"]
+                    tmp, format=fmt, dpi=RC["savefig.dpi"], bbox_inches="tight", pad_inches=0.05
                 )
             log.info("wrote %s", path)
             fig.set_layout_engine("none")  # keeps the axes where the layout put them
