@@ -135,12 +135,6 @@ class TestLayerMeasures:
             )
 
 
-    @pytest.mark.xfail(
-        raises=RuntimeError,
-        strict=True,
-        reason="known bug: a target constant over R has a zero Gauss-Newton Hessian and "
-        "fit_affine's damped solve fails (singular) instead of reporting NaN",
-    )
     def test_flat_target_is_nan(self, caplog: pytest.LogCaptureFixture) -> None:
         """A target constant over R has no error: NaN for its sample, a warning, the rest
         measured as usual."""

@@ -280,7 +280,9 @@ def _gauss_newton_level(
         diag = torch.diagonal(h, dim1=-2, dim2=-1)
         lam_s = lam[r2, order]
         damp = lam_s[..., None, None] * torch.diag_embed(diag + 1e-12 * diag.amax(-1, keepdim=True))
-        dp = torch.linalg.solve(h + damp, grad[r2, order].unsqueeze(-1)).squeeze(-1)
+        dp, info = torch.linalg.solve_ex(h + damp, grad[r2, order].unsqueeze(-1))
+        # a target constant over R has a zero Hessian: no step (its errors are NaN anyway)
+        dp = torch.where((info == 0)[..., None], dp.squeeze(-1), torch.zeros_like(dp.squeeze(-1)))
         current = matrix[r2, order]
         trial = compose(
             _delta_to_pixels(dp, half).reshape(-1, 2, 3), current.reshape(-1, 2, 3)
