@@ -46,7 +46,7 @@ A plugin that is a chain of stages (:class:`featalign.nets.Tapped`, as every
 built-in random network) is evaluated stage by stage instead
 (:func:`featalign.stitch.stitch_stages`: each stage once per phase of its own
 stride, each on the region the later stages' windows reach: 3–4× fewer operations
-for the invariant networks, and 1.5–2.3× fewer again from the crop), after a check
+for the invariant networks before the crop), after a check
 on the job's first images that it reproduces the plain method (it falls back
 otherwise); that pass gives the as-built maps too. How a network is run, as built and
 densely, is :mod:`featalign.forward`'s.
@@ -83,11 +83,8 @@ from featalign.extractor import build_extractor
 from featalign.forward import (
     Network,
     chain_of_stages,
-    dense_plain,
-    forward_all,
-    maps_by_stages,
+    network_maps,
     padding_for,
-    staged_ok,
 )
 from featalign.geometry import Grid
 from featalign.io import Pending, file_sha256, incremental_netcdf, make_attrs, read_finite
@@ -265,21 +262,7 @@ def _maps(
     """
     stack = convert_channels(torch.from_numpy(np.ascontiguousarray(images)),
                              net.spec.in_channels).contiguous()
-    dense_feats: dict[str, np.ndarray] = {}
-    if net.phases and net.stages is not None and staged_ok(net, stack):
-        # one stage-by-stage pass gives the as-built maps too (phase (0, 0))
-        feats, dense_feats = maps_by_stages(net, stack, bar)
-        rest = {k: v for k, v in net.crops.items() if k not in feats}
-        if rest:  # layers after the chain's last strided one: a plain pass
-            feats |= forward_all(net.extractor, stack, rest, pad=net.pad, device=net.device,
-                                 batch_size=net.batch_size, bar=bar)
-    else:
-        feats = forward_all(net.extractor, stack, net.crops, pad=net.pad, device=net.device,
-                            batch_size=net.batch_size, bar=bar)
-        if net.phases:
-            dense_feats = dense_plain(net.extractor, stack, net.crops, net.strides, feats,
-                                      pad=net.pad, device=net.device,
-                                      batch_size=net.batch_size, bar=bar)
+    feats, dense_feats = network_maps(net, stack, bar)
     for layer in net.spec.layers:
         for what, values in (("", feats[layer]), (" (dense)", dense_feats.get(layer))):
             if values is not None and not np.isfinite(values).all():

@@ -51,7 +51,9 @@ __all__ = [
     "dense_plain",
     "forward_all",
     "maps_by_stages",
+    "network_maps",
     "padding_for",
+    "plain_maps",
     "staged_difference",
     "staged_ok",
 ]
@@ -266,8 +268,7 @@ def maps_by_stages(
     def run(batch: torch.Tensor) -> dict[str, torch.Tensor]:
         built, dense = stage_maps(net.stages, batch, strided, net.crops, pad=net.pad,
                                   reach=net.state["reach"])
-        return {**{f"built/{k}": v for k, v in built.items()},
-                **{f"dense/{k}": v for k, v in dense.items()}}
+        return _keyed(built, dense)
 
     maps = batched(run, images, device=net.device, batch_size=net.batch_size, progress=False,
                    bar=bar, passes=max(1, len(net.phases)))
@@ -278,30 +279,49 @@ def maps_by_stages(
     return parts["built"], parts["dense"]
 
 
-def _plain_maps(
-    net: Network, images: torch.Tensor
+def _keyed(built: Mapping[str, Any], dense: Mapping[str, Any]) -> dict[str, Any]:
+    """As-built and dense maps in one mapping, keys ``built/<layer>`` and ``dense/<layer>``."""
+    return {**{f"built/{k}": v for k, v in built.items()},
+            **{f"dense/{k}": v for k, v in dense.items()}}
+
+
+def plain_maps(
+    net: Network, images: torch.Tensor, bar: tqdm | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The as-built and the plain shift-and-stitch maps of ``images`` (no bar)."""
+    """The as-built maps of one forward pass and, if ``net.phases``, plain shift-and-stitch's
+    dense maps of ``images``."""
     built = forward_all(net.extractor, images, net.crops, pad=net.pad, device=net.device,
-                        batch_size=net.batch_size, progress=False)
-    dense = dense_plain(net.extractor, images, net.crops, net.strides, built, pad=net.pad,
-                        device=net.device, batch_size=net.batch_size, bar=None)
+                        batch_size=net.batch_size, progress=False, bar=bar)
+    dense = (dense_plain(net.extractor, images, net.crops, net.strides, built, pad=net.pad,
+                         device=net.device, batch_size=net.batch_size, bar=bar)
+             if net.phases else {})
     return built, dense
 
 
-def _difference(
-    net: Network, images: torch.Tensor
-) -> float:
+def network_maps(
+    net: Network, images: torch.Tensor, bar: tqdm | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The as-built and dense maps of ``images``: stage by stage where the network is a
+    chain that :func:`staged_ok` confirmed (layers after its last strided one by a plain
+    pass), else :func:`plain_maps`."""
+    if not (net.phases and net.stages is not None and staged_ok(net, images)):
+        return plain_maps(net, images, bar)
+    built, dense = maps_by_stages(net, images, bar)
+    rest = {k: v for k, v in net.crops.items() if k not in built}
+    if rest:
+        built |= forward_all(net.extractor, images, rest, pad=net.pad, device=net.device,
+                             batch_size=net.batch_size, bar=bar)
+    return built, dense
+
+
+def _difference(net: Network, images: torch.Tensor) -> float:
     """Largest difference (relative to each map's largest value) between the stage-by-stage
     maps, as built and dense, and the plain ones (raises ValueError where the stages
     cannot run)."""
     built, dense = maps_by_stages(net, images, None)
-    plain_built, plain_dense = _plain_maps(net, images)
-    reference = {**{f"built/{k}": plain_built[k] for k in built},
-                 **{f"dense/{k}": v for k, v in plain_dense.items()}}
-    staged = {**{f"built/{k}": v for k, v in built.items()},
-              **{f"dense/{k}": v for k, v in dense.items()}}
-    return stages_agree(staged, reference)[1]
+    plain_built, plain_dense = plain_maps(net, images)
+    reference = _keyed({k: plain_built[k] for k in built}, plain_dense)
+    return stages_agree(_keyed(built, dense), reference)[1]
 
 
 def staged_difference(

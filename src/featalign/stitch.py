@@ -45,8 +45,9 @@ needed only as far beyond the canvas as the later stages' windows reach:
 :func:`stage_reach` measures each stage's window (from the support of an input
 gradient) and sums them from the back, and :func:`stitch_stages` then runs each
 stage on that region only, cut at multiples of the largest stride so that every
-phase keeps its lattice. The maps are the same bit for bit (tests), from 1.5–2.3×
-fewer operations for the built-in chains. The job-level check against plain
+phase keeps its lattice. The maps are the same bit for bit (tests);
+``benchmarks/bench_features.py`` times the cropped stages against plain
+shift-and-stitch. The job-level check against plain
 shift-and-stitch covers the crop too. Phase (0, 0) of every stage is the as-built
 network on the cropped input, so the same pass gives the as-built maps of every layer
 (:func:`stage_maps`) and no separate as-built pass is needed.
@@ -204,11 +205,9 @@ def stage_maps(
         >>> d["a"][0, 0, :2].tolist()  # 2×2 means of x starting at every pixel
         [[2.5, 3.5, 4.5, 2.5], [6.5, 7.5, 8.5, 4.5]]
     """
-    wanted = {name: int(s) for name, s in strides.items() if int(s) > 1}
+    wanted, chain = _chain(stages, strides)
     if not wanted:
         return {}, {}
-    names = [name for name, _ in stages]
-    chain = stages[: max(names.index(name) for name in wanted) + 1]
     top = max(wanted.values())
     ratios = _stage_ratios(chain, F.pad(images[:1], (pad,) * 4))
     # a trailing margin: each strided stage drops up to 2·top pixels' worth of cells there
@@ -293,11 +292,9 @@ def stage_reach(
     Returns:
         One reach per stage of the chain that :func:`stitch_stages` runs.
     """
-    wanted = {name: int(s) for name, s in strides.items() if int(s) > 1}
+    wanted, chain = _chain(stages, strides)
     if not wanted:
         return []
-    names = [name for name, _ in stages]
-    chain = stages[: max(names.index(name) for name in wanted) + 1]
     gen = torch.Generator().manual_seed(seed)
     shape = (1, images.shape[1], images.shape[-2] + 2 * pad, images.shape[-1] + 2 * pad)
     x = torch.randn(shape, generator=gen).to(images.device, images.dtype)
@@ -326,6 +323,17 @@ def stage_reach(
         x = y.detach()
     top = max(wanted.values())
     return [top + int(sum(cost[j:])) for j in range(len(chain))]
+
+
+def _chain(
+    stages: Sequence[tuple[str, torch.nn.Module]], strides: Mapping[str, int]
+) -> tuple[dict[str, int], Sequence[tuple[str, torch.nn.Module]]]:
+    """The strided layers (name -> stride > 1) and the stages up to the last of them."""
+    wanted = {name: int(s) for name, s in strides.items() if int(s) > 1}
+    if not wanted:
+        return wanted, []
+    names = [name for name, _ in stages]
+    return wanted, stages[: max(names.index(name) for name in wanted) + 1]
 
 
 def _stage_ratios(chain: Sequence[tuple[str, torch.nn.Module]], x: torch.Tensor) -> list[int]:
