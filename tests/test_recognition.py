@@ -26,6 +26,7 @@ from featalign.recognition.measure import (
     build_classifier,
     head_differences,
     heldout_digits,
+    js_divergence,
     recognition_dataset,
     recognition_digits,
     recognition_images,
@@ -208,6 +209,44 @@ class TestKnownAnswers:
             assert float(sel.divergence.max()) < 1e-6
         # unaligned maps are shifted: the head sees another field
         assert float(out.sel(alignment="none").isel(transform=t).divergence.min()) > 1e-6
+
+    def test_reference_none_and_input_are_the_network_once_for_every_layer(self, known):
+        ds, out, (_, clf, _, _) = known
+        own = out.sample_set.values == "alignment"
+        got = out.isel(sample=own)
+        for name in ("prediction", "confidence", "reference_probability", "divergence"):
+            for a in ("none", "input"):  # computed once, copied to every layer
+                values = got[name].sel(alignment=a).values
+                assert (values == values[:1]).all(), (name, a)
+        assert (got.reference.values == got.reference.values[:1]).all()
+        # the straightforward per-layer computation head_k(body_k(x)) gives the same
+        s, t = ds.sizes["sample"], ds.sizes["transform"]
+        with torch.no_grad():
+
+            def softmax(layer, images):
+                x = torch.from_numpy(images).float().reshape(-1, *images.shape[-3:])
+                logits = clf.heads[layer](clf.body(x)[layer])
+                return torch.softmax(logits.double(), -1)
+
+            for li, layer in enumerate(clf.spec.layers):
+                ref = softmax(layer, ds.image.values)
+                np.testing.assert_array_equal(got.reference.values[li], ref.argmax(-1).numpy())
+                rep = ref.repeat_interleave(t, 0)
+                for a, images in (("none", ds.transformed), ("input", ds.realigned)):
+                    p = softmax(layer, images.values)
+                    conf, pred = p.max(-1)
+                    sel = got.sel(alignment=a).isel(layer=li)
+                    np.testing.assert_array_equal(sel.prediction.values, pred.view(s, t))
+                    np.testing.assert_allclose(sel.confidence, conf.view(s, t), rtol=1e-4)
+                    np.testing.assert_allclose(
+                        sel.reference_probability,
+                        p.gather(1, rep.argmax(-1)[:, None]).view(s, t),
+                        rtol=1e-4,
+                        atol=1e-7,
+                    )
+                    np.testing.assert_allclose(
+                        sel.divergence, js_divergence(p, rep).view(s, t), rtol=1e-4, atol=1e-6
+                    )
 
     def test_affine_with_the_oracle_warp_is_the_oracle(self, known):
         _, out, _ = known

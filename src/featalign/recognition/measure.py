@@ -15,7 +15,10 @@ and one transform g, the rest of the network after layer k is fed with
 * ``input``: body_k(T_g⁻¹ T_g f), the image realigned instead (an STN at the input);
 
 and every decision is compared with the reference, head_k(body_k(f)) = Γ(f), the
-decision on the untransformed image.
+decision on the untransformed image. The reference, ``none`` and ``input`` decisions are
+Γ of an image, the same for every k (head_k ∘ body_k = Γ, checked to :data:`HEAD_TOL`
+by ``featalign plugins check``): they are computed once per image, through the first
+layer's split, and copied to every layer; only the feature-map warps are run per layer.
 
 **Two sample sets.** ``none``, ``oracle`` and ``input`` need no optimisation, so they
 run on a larger *recognition* set (``recognition.samples`` images per dataset, drawn
@@ -106,12 +109,15 @@ class Classifier:
         model: the module ``build()`` returned, in eval mode, frozen.
         body: the feature extractor over the same module (every declared layer).
         heads: layer -> the module from that layer's maps to the logits.
+        first: the feature extractor of the first declared layer only (a graph module
+            truncated after it; the whole module for one that returns a dict).
     """
 
     spec: NetworkSpec
     model: nn.Module
     body: FeatureExtractor
     heads: dict[str, nn.Module]
+    first: FeatureExtractor
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The network's own logits: ``model(x)``, or its ``"logits"`` entry for a dict.
@@ -172,6 +178,18 @@ def build_classifier(spec: NetworkSpec, options: Mapping[str, Any] | None = None
         )
     model.eval()
     body = build_extractor(dataclasses.replace(spec, build=lambda **_: model))
+    k0 = spec.layers[0]
+    # build_extractor wraps every entry of nodes=, so restrict them to the first layer
+    first = build_extractor(
+        dataclasses.replace(
+            spec,
+            layers=(k0,),
+            nodes=None if spec.nodes is None else {k0: spec.nodes[k0]},
+            strides={k: v for k, v in (spec.strides or {}).items() if k == k0} or None,
+            stages=None,
+            build=lambda **_: model,
+        )
+    )
     heads: dict[str, nn.Module] = {}
     for layer in spec.layers:
         try:
@@ -190,7 +208,7 @@ def build_classifier(spec: NetworkSpec, options: Mapping[str, Any] | None = None
             )
         heads[layer] = head.eval()
     model.requires_grad_(False)
-    return Classifier(spec, model, body, heads)
+    return Classifier(spec, model, body, heads, first)
 
 
 @torch.no_grad()
@@ -350,6 +368,12 @@ def _decide(
 ) -> dict[str, np.ndarray]:
     """Every decision for one sample set, in batches of samples.
 
+    The body (every layer) runs on the reference and transformed images, whose maps the
+    warps need. The reference, ``none`` and ``input`` decisions are Γ of an image, so they
+    are computed once, as head_{k0}(body_{k0}(x)) for the first layer k0 (the realigned
+    images through :attr:`Classifier.first` only), and copied to every layer; ``oracle``,
+    ``affine`` and ``dense`` run each layer's head on its warped maps.
+
     A warp moves the maps' deviation from the empty canvas's maps b = body_k(0) and
     samples it with zero padding: x ↦ b + W(x − b). The images are content on a zero
     background, so b is what any image's maps hold away from the content; a plain
@@ -381,16 +405,41 @@ def _decide(
     }
     inverse = geometry.invert(mats)
     c_in = classifier.spec.in_channels
+    k0 = layers[0]
     blank = torch.zeros(1, c_in, *images.shape[-2:], device=device)
     background = classifier.body(blank)  # body_k of the empty canvas: what surrounds content
+
+    def record(li: int | slice, name: str, sl: slice, p: torch.Tensor, ref_p: torch.Tensor) -> None:
+        """Store the softmax vectors p (b·t, classes) of samples sl against ref_p's."""
+        ai = ALIGNMENTS.index(name)
+        conf, pred = p.max(-1)
+        ref_c = ref_p.argmax(-1)
+        out["prediction"][li, ai, sl] = pred.view(-1, t).cpu().numpy()
+        out["confidence"][li, ai, sl] = conf.view(-1, t).cpu().numpy()
+        out["reference_probability"][li, ai, sl] = (
+            p.gather(1, ref_c[:, None]).view(-1, t).cpu().numpy()
+        )
+        out["divergence"][li, ai, sl] = js_divergence(p, ref_p).view(-1, t).cpu().numpy()
+
     for start in tqdm(range(0, s, batch_size), desc=what, unit="batch", disable=not progress):
         sl = slice(start, min(start + batch_size, s))
         b = sl.stop - sl.start
-        x = torch.cat([images[sl], transformed[sl].flatten(0, 1), realigned[sl].flatten(0, 1)])
+        x = torch.cat([images[sl], transformed[sl].flatten(0, 1)])
         feats = classifier.body(convert_channels(x.float(), c_in).to(device))
+        back = classifier.first(
+            convert_channels(realigned[sl].flatten(0, 1).float(), c_in).to(device)
+        )[k0]
+        # Γ = head_k0 ∘ body_k0 of the reference, transformed and realigned images: the
+        # same for every layer, so computed once and copied to all of them
+        head0 = classifier.heads[k0]
+        ref_p = torch.softmax(head0(feats[k0][:b]).double(), -1)
+        out["reference"][:, sl] = ref_p.argmax(-1).cpu().numpy()
+        rep_p = ref_p.repeat_interleave(t, 0)
+        record(slice(None), "none", sl, torch.softmax(head0(feats[k0][b:]).double(), -1), rep_p)
+        record(slice(None), "input", sl, torch.softmax(head0(back).double(), -1), rep_p)
         for li, layer in enumerate(layers):
             f = feats[layer]
-            ref_f, moved, back = f[:b], f[b : b + b * t], f[b + b * t :]
+            moved = f[b:]
             grid = dataclasses.replace(grids[layer], height=f.shape[-2], width=f.shape[-1])
             inv = inverse[None].expand(b, t, 2, 3).reshape(-1, 2, 3)
             bg = background[layer]
@@ -400,28 +449,15 @@ def _decide(
             ) -> torch.Tensor:
                 return bg + warp_with_field(maps - bg, tgt_from_src, grid, control)  # noqa: B023
 
-            variants = {"none": moved, "oracle": warped(moved, inv), "input": back}
+            variants = {"oracle": warped(moved, inv)}
             if fitted is not None:
                 matrix, control = fitted[layer]
                 matrix = matrix[sl].reshape(-1, 2, 3)
                 variants["affine"] = warped(moved, matrix)
                 variants["dense"] = warped(moved, matrix, control[sl].flatten(0, 1))
             head = classifier.heads[layer]
-            ref_p = torch.softmax(head(ref_f).double(), -1)
-            ref_c = ref_p.argmax(-1)
-            out["reference"][li, sl] = ref_c.cpu().numpy()
-            rep_p = ref_p.repeat_interleave(t, 0)
-            rep_c = ref_c.repeat_interleave(t, 0)
             for name, maps in variants.items():
-                p = torch.softmax(head(maps).double(), -1)
-                ai = ALIGNMENTS.index(name)
-                conf, pred = p.max(-1)
-                out["prediction"][li, ai, sl] = pred.view(b, t).cpu().numpy()
-                out["confidence"][li, ai, sl] = conf.view(b, t).cpu().numpy()
-                out["reference_probability"][li, ai, sl] = (
-                    p.gather(1, rep_c[:, None]).view(b, t).cpu().numpy()
-                )
-                out["divergence"][li, ai, sl] = js_divergence(p, rep_p).view(b, t).cpu().numpy()
+                record(li, name, sl, torch.softmax(head(maps).double(), -1), rep_p)
     return out
 
 
