@@ -1,5 +1,6 @@
 """Names shared by computing and reading results: the transformation families, the
-alignment measures and the recognize stage's alignments. Apart from the modules that compute with them
+alignment measures, the evaluations of a layer and the recognize stage's alignments.
+Apart from the modules that compute with them
 (:mod:`featalign.geometry`, :mod:`featalign.align.measures`), so that the jobs that only
 read and plot results need no torch (its import is 2-3 s of each such job's start-up)."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 __all__ = [
     "ALIGNMENTS",
+    "EVALUATIONS",
+    "EVALUATION_ORDER",
     "FAMILIES",
     "FITTED",
     "MEASURES",
@@ -28,6 +31,14 @@ FAMILIES: tuple[str, ...] = (
 #: The seven measures, in the order of the last axis of ``LayerAlignment.errors``
 #: (README "Measures").
 MEASURES: tuple[str, ...] = ("none", "oracle", "affine", "dense", "mixing", "input", "constant")
+
+#: The two evaluations of a layer (README "Verdicts"), in the order of an alignment file's
+#: ``evaluation`` dimension (:mod:`featalign.align.files`).
+EVALUATIONS: tuple[str, str] = ("as_built", "dense")
+
+#: The evaluations in display order: dense maps judge the theorem, maps as built show
+#: what a spatial transformer on the real network faces.
+EVALUATION_ORDER: tuple[str, str] = ("dense", "as_built")
 
 #: The recognize stage's alignments fed to the head after layer k, in the order of the
 #: ``alignment`` dimension of a recognition file (:mod:`featalign.recognition.measure`).

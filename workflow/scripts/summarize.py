@@ -4,8 +4,9 @@ claims_summary.md."""
 import pandas as pd
 
 from featalign.io import atomic_path
+from featalign.names import EVALUATION_ORDER
 from featalign.runtime import log_to
-from featalign.summary.claims import EVALUATIONS, claims_table, with_recognition
+from featalign.summary.claims import claims_table, with_recognition
 from featalign.summary.markdown import claims_summary_markdown, verdict_grid_markdown
 from featalign.summary.recognition import (
     problem_table,
@@ -47,7 +48,7 @@ with atomic_path(snakemake.output.separation) as tmp:  # noqa: F821
     separation.to_csv(tmp, index=False)
 grids = [
     f"\n### Verdict grid: {d}, {e.replace('_', ' ')}\n\n{verdict_grid_markdown(claims, d, e)}\n"
-    for e in ordered(claims["evaluation"].unique().tolist(), EVALUATIONS)
+    for e in ordered(claims["evaluation"].unique().tolist(), EVALUATION_ORDER)
     for d in claims["dataset"].unique()
 ]
 with atomic_path(snakemake.output.summary) as tmp:  # noqa: F821

@@ -61,14 +61,13 @@ from featalign.align.mixing import mixing_in_chunks
 from featalign.features import layer_grid
 from featalign.geometry import Grid
 from featalign.io import FileError, make_attrs, open_dataset, read_finite
+from featalign.names import EVALUATIONS
 from featalign.runtime import retry_on_out_of_memory, working_elements
 
 __all__ = ["EVALUATIONS", "alignment_dataset", "layer_names", "samples_per_chunk"]
 
 log = logging.getLogger(__name__)
 
-#: The two evaluations of a layer, in the order of the ``evaluation`` dimension.
-EVALUATIONS: tuple[str, str] = ("as_built", "dense")
 
 #: The features file's variables of each evaluation: Γ(f), Γ(T_g f), Γ(T_g⁻¹ T_g f).
 _AS_BUILT = ("original", "transformed", "realigned")

@@ -20,7 +20,7 @@ from featalign.figures.style import (
     save,
     style,
 )
-from featalign.summary.claims import EVALUATIONS
+from featalign.names import EVALUATION_ORDER
 from featalign.summary.excess import problem_excess
 from featalign.summary.families import CLAIM_FAMILIES
 from featalign.summary.tables import ordered
@@ -63,7 +63,7 @@ def plot_affine_vs_oracle(
         wide[m] = wide[m].clip(lower=LOG_FLOOR)
     networks = sorted(wide["network"].unique())
     families = ordered(wide["claim_family"].unique().tolist(), CLAIM_FAMILIES)
-    evaluations = ordered(wide["evaluation"].unique().tolist(), EVALUATIONS)
+    evaluations = ordered(wide["evaluation"].unique().tolist(), EVALUATION_ORDER)
     markers = {e: EVALUATION_MARKERS.get(e, "s") for e in evaluations}
     palette = family_palette()
     lo = float(min(wide["affine"].min(), wide["oracle"].min())) / 1.5

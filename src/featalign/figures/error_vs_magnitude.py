@@ -27,8 +27,7 @@ from featalign.figures.style import (
     save,
     style,
 )
-from featalign.names import FAMILIES, MEASURES
-from featalign.summary.claims import EVALUATIONS
+from featalign.names import EVALUATION_ORDER, FAMILIES, MEASURES
 from featalign.summary.excess import DEFAULT_EVALUATION, mean_interval
 from featalign.summary.tables import check_columns, ordered
 
@@ -53,7 +52,7 @@ def figure_rows(errors: pd.DataFrame) -> list[tuple[str, str, str]]:
     for layer in layers["layer"]:
         here = errors[errors["layer"] == layer]
         strides = here.groupby("evaluation")["stride"].max().to_dict()
-        evals = ordered(list(strides), EVALUATIONS)
+        evals = ordered(list(strides), EVALUATION_ORDER)
         if strides.get("as_built", strides.get("dense")) == strides.get("dense"):
             evals = ["dense"]  # one set of maps: the dense evaluation is the as-built one
         for ev in evals:

@@ -28,7 +28,7 @@ from featalign.figures.style import (
     save,
     style,
 )
-from featalign.summary.claims import EVALUATIONS
+from featalign.names import EVALUATION_ORDER
 from featalign.summary.excess import mean_interval, problem_excess
 from featalign.summary.families import CLAIM_FAMILIES
 from featalign.summary.tables import ordered
@@ -126,7 +126,7 @@ def plot_excess_vs_depth(
     families = ordered(summary["claim_family"].unique().tolist(), CLAIM_FAMILIES)
     networks = sorted(summary["network"].unique())
     palette = dict(zip(networks, sns.color_palette("colorblind", len(networks))))
-    evaluations = ordered(summary["evaluation"].unique().tolist(), EVALUATIONS)
+    evaluations = ordered(summary["evaluation"].unique().tolist(), EVALUATION_ORDER)
     depths = sorted(summary["depth"].unique())
     linthresh = margin if margin and margin > 0 else 1e-3
     with style():

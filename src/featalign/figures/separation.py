@@ -32,7 +32,8 @@ from featalign.figures.style import (
     save,
     style,
 )
-from featalign.summary.claims import EVALUATIONS, magnitude_levels
+from featalign.names import EVALUATION_ORDER
+from featalign.summary.claims import magnitude_levels
 from featalign.summary.excess import problem_excess
 from featalign.summary.families import CLAIM_FAMILIES, transform_family
 from featalign.summary.separation import separation_table
@@ -151,7 +152,7 @@ def plot_separation(
         raise ValueError("no claim predicted aligned or not aligned: nothing to separate")
     sep = separation_table(claims)
     families = ordered(points["claim_family"].unique().tolist(), CLAIM_FAMILIES)
-    evaluations = ordered(points["evaluation"].unique().tolist(), EVALUATIONS)
+    evaluations = ordered(points["evaluation"].unique().tolist(), EVALUATION_ORDER)
     n_eval = len(evaluations)
     rng = np.random.default_rng(0)
     offsets = {"aligned": -0.17, "not aligned": 0.17}

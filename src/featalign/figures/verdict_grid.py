@@ -22,7 +22,8 @@ from featalign.figures.style import (
     save,
     style,
 )
-from featalign.summary.claims import EVALUATIONS, claims_about
+from featalign.names import EVALUATION_ORDER
+from featalign.summary.claims import claims_about
 from featalign.summary.excess import DEFAULT_EVALUATION
 from featalign.summary.families import CLAIM_FAMILIES
 from featalign.summary.tables import check_columns, ordered
@@ -212,7 +213,7 @@ def plot_verdict_grid(claims: pd.DataFrame, png: str | Path, pdf: str | Path) ->
     )
     rows = [_row_key(r) for _, r in rows_df.iterrows()]
     cols = ordered(claims["family"].unique().tolist(), CLAIM_FAMILIES)
-    panels = (*EVALUATIONS, *(f"recognition: {a}" for a in RECOGNITION_PANELS))
+    panels = (*EVALUATION_ORDER, *(f"recognition: {a}" for a in RECOGNITION_PANELS))
     evaluations = ordered(claims["evaluation"].unique().tolist(), panels)
     labels = [f"{d} / {n} / {lay}" for d, n, lay in rows]
     label_width = 0.07 * max(len(s) for s in labels)

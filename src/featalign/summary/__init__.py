@@ -43,10 +43,10 @@ code imports from the submodule it uses, so that the workflow's code digests
 
 from __future__ import annotations
 
+from featalign.names import EVALUATION_ORDER
 from featalign.summary.claims import (
     CLAIM_KEYS,
     CLAIMS_COLUMNS,
-    EVALUATIONS,
     OUTCOMES,
     claims_table,
     magnitude_levels,
@@ -74,7 +74,7 @@ __all__ = [
     "CLAIM_FAMILIES",
     "CLAIM_KEYS",
     "ERRORS_COLUMNS",
-    "EVALUATIONS",
+    "EVALUATION_ORDER",
     "OUTCOMES",
     "PROBLEM_KEYS",
     "auc",

@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featalign.names import EVALUATION_ORDER
 from featalign.summary.excess import PROBLEM_KEYS, mean_interval, problem_excess
 from featalign.summary.families import CLAIM_FAMILIES, deformation, predicted
 
 __all__ = [
     "CLAIMS_COLUMNS",
     "CLAIM_KEYS",
-    "EVALUATIONS",
     "EVALUATION_LABELS",
     "LEVEL_COLUMNS",
     "OUTCOMES",
@@ -58,10 +58,6 @@ CLAIM_KEYS: tuple[str, ...] = tuple(k for k in PROBLEM_KEYS if k not in ("sample
 
 #: Verdicts and predictions in display order (``none``: no prediction).
 OUTCOMES: tuple[str, ...] = ("aligned", "not aligned", "unresolved", "inconclusive", "none")
-
-#: Evaluations in display order: dense maps judge the theorem, maps as built show
-#: what a spatial transformer on the real network faces (README "Verdicts").
-EVALUATIONS: tuple[str, ...] = ("dense", "as_built")
 
 #: How tables and figures name the evaluations.
 EVALUATION_LABELS: dict[str, str] = {"dense": "dense", "as_built": "as built"}
@@ -331,7 +327,7 @@ def claims_table(
         )
     out = pd.DataFrame(rows, columns=list(CLAIMS_COLUMNS))
     fam_order = {f: i for i, f in enumerate(CLAIM_FAMILIES)}
-    eval_order = {e: i for i, e in enumerate(EVALUATIONS)}
+    eval_order = {e: i for i, e in enumerate(EVALUATION_ORDER)}
     out["_f"] = out["family"].map(fam_order)
     out["_e"] = out["evaluation"].map(eval_order)
     out = out.sort_values(["_e", "dataset", "network", "depth", "_f"]).drop(columns=["_f", "_e"])

@@ -12,7 +12,8 @@ import math
 
 import pandas as pd
 
-from featalign.summary.claims import EVALUATION_LABELS, EVALUATIONS, OUTCOMES
+from featalign.names import EVALUATION_ORDER
+from featalign.summary.claims import EVALUATION_LABELS, OUTCOMES
 from featalign.summary.families import CLAIM_FAMILIES
 from featalign.summary.separation import separation_table
 from featalign.summary.tables import check_columns, ordered
@@ -222,7 +223,7 @@ def _crosstab(sub: pd.DataFrame) -> list[str]:
 
 
 def _separation_lines(separation: pd.DataFrame) -> list[str]:
-    evals = ordered(separation["evaluation"].unique().tolist(), EVALUATIONS)
+    evals = ordered(separation["evaluation"].unique().tolist(), EVALUATION_ORDER)
     fams = ordered(separation["family"].unique().tolist(), CLAIM_FAMILIES)
     lines = [
         "| claim family | " + " | ".join(_evaluation_label(e) for e in evals) + " |",
@@ -289,7 +290,7 @@ def claims_summary_markdown(claims: pd.DataFrame, separation: pd.DataFrame | Non
         ),
         "",
     ]
-    evals = ordered(claims["evaluation"].unique().tolist(), EVALUATIONS)
+    evals = ordered(claims["evaluation"].unique().tolist(), EVALUATION_ORDER)
     for ev in evals:
         sub = claims[claims["evaluation"] == ev]
         lines += [f"#### {_evaluation_label(ev)}", "", _counts_line(sub), ""]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from featalign.summary.claims import EVALUATIONS
+from featalign.names import EVALUATION_ORDER
 from featalign.summary.families import CLAIM_FAMILIES
 from featalign.summary.tables import check_columns, ordered
 
@@ -77,7 +77,7 @@ def separation_table(claims: pd.DataFrame) -> pd.DataFrame:
     stat = separation_statistic(claims)
     finite = np.isfinite(stat.to_numpy(dtype=np.float64))
     rows = []
-    for ev in ordered(claims["evaluation"].unique().tolist(), EVALUATIONS):
+    for ev in ordered(claims["evaluation"].unique().tolist(), EVALUATION_ORDER):
         for fam in ordered(claims["family"].unique().tolist(), CLAIM_FAMILIES):
             here = (claims["evaluation"] == ev) & (claims["family"] == fam)
             if not here.any():
