@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -460,13 +461,21 @@ def to_theta(tgt_from_src: torch.Tensor, src: Grid, tgt: Grid | None = None) -> 
     """
     check_shape(tgt_from_src, "B 2 3", "tgt_from_src")
     tgt = src if tgt is None else tgt
-    dt = torch.float64
-    src_from_tgt = _homogeneous(invert(tgt_from_src.to(dt)))
+    src_from_tgt = _homogeneous(invert(tgt_from_src.to(torch.float64)))
     # normalised tgt -> tgt index -> centred -> (inverse map) -> centred src -> src index -> normalised src
-    n_t = tgt.normalised_from_index(dt) @ torch.linalg.inv(tgt.centred_from_index(dt))
-    n_s = src.normalised_from_index(dt) @ torch.linalg.inv(src.centred_from_index(dt))
-    theta = n_s @ src_from_tgt.cpu() @ torch.linalg.inv(n_t)
+    n_s, _ = _normalised_from_centred(src)
+    _, n_t_inv = _normalised_from_centred(tgt)
+    theta = n_s @ src_from_tgt.cpu() @ n_t_inv
     return theta[..., :2, :].to(tgt_from_src.dtype).to(tgt_from_src.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _normalised_from_centred(grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3×3 map from ``grid``'s centred image coordinates to its normalised ones, and
+    its inverse (float64; cached: the optimisers convert matrices every iteration)."""
+    dt = torch.float64
+    n = grid.normalised_from_index(dt) @ torch.linalg.inv(grid.centred_from_index(dt))
+    return n, torch.linalg.inv(n)
 
 
 def warp(
