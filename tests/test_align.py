@@ -154,6 +154,21 @@ class TestPlantedWarps:
         assert rates[10] >= rates[0]
         assert rates[10] >= 0.99
 
+    def test_a_rejected_step_below_xtol_ends_the_start(self) -> None:
+        """Damping only shrinks a rejected step further, so a start whose trial step is
+        already below ``xtol`` and does not lower the loss has converged to within xtol:
+        it stops there instead of raising the damping to its bound (10 more warps). With
+        xtol = 1 every first step, accepted or rejected, is below it."""
+        target, moving, gs, grid = planted(2, 16)
+        mask = region_mask(grid, RADIUS)
+        truth = g.invert(gs)[:, None]  # at the answer: most first steps are rejected
+        kwargs = {"sigmas": [0.0], "polish_iter": 0, "rtol": 0.0}
+        fit = fit_affine(target, moving, torch.arange(16), truth, grid, mask, xtol=1.0, **kwargs)
+        assert fit.iterations.tolist() == [1] * 16
+        moved = fit_affine(target, moving, torch.arange(16), truth, grid, mask, xtol=0.0, **kwargs)
+        assert int(moved.iterations.max()) >= 10  # without the rule: the damping's bound
+        assert bool((moved.error <= fit.error).all())
+
     def test_smoke_few(self) -> None:
         ok, fit, _ = recovery(2, 8)
         assert fit.matrix.shape == (8, 2, 3) and fit.matrix.dtype == torch.float64

@@ -308,7 +308,7 @@ def _gauss_newton_level(
         iters[r2, order] += slot.to(torch.int64)
         step = dp.norm(dim=-1)
         small = acc & (((old - loss_new) <= rtol * old) | (step < xtol))
-        stuck = ~acc & (lam_new > 1e6)
+        stuck = ~acc & ((lam_new > 1e6) | (step < xtol))
         exact = loss[r2, order] <= 1e-14 * level.scale[held_target_index][:, None]
         done = slot & (small | stuck | exact)
         conv[r2[done], order[done]] = True
@@ -455,7 +455,8 @@ def fit_affine(
         max_iter: iterations per level (Adam: steps per level).
         rtol: relative loss change tolerance at the last level (coarser levels: 100×).
         xtol: step size tolerance (normalised units, the half-extent of the canvas is 1)
-            at the last level (coarser levels: 10×).
+            at the last level (coarser levels: 10×): a start stops when a step below it
+            is accepted, or is rejected (more damping would only shrink it further).
         adam_lr: Adam's learning rate (normalised units).
         keep_starts: after the coarsest level, only the ``keep_starts`` starts of each
             problem with the lowest coarse loss go on to the finer levels (``None``: all);
