@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from featalign.plugins import network
-from featalign.pretrained import mtcnn
+from featalign.pretrained import ConvTrunk, mtcnn
 
 
 @network(
@@ -18,6 +18,7 @@ from featalign.pretrained import mtcnn
     invariant_to=[],
     in_channels=3,
     strides={"prelu1": 1, "prelu2": 2, "prelu3": 4},
+    stages=ConvTrunk.stages,  # the trunk is a plain chain: stage by stage
 )
 def build() -> torch.nn.Module:
     """Images (N, 3, H, W) in [0, 1] -> {layer: (N, C, H_l, W_l)}."""

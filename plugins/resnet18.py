@@ -10,6 +10,19 @@ from featalign.plugins import network
 from featalign.pretrained import resnet18
 
 
+def stages(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The network up to layer2 as a chain (for the stage-by-stage dense evaluation):
+    each residual block is one step, so a stage runs once per phase of its own stride."""
+    return [
+        ("conv1", model.conv1),
+        ("bn1", model.bn1),
+        ("relu", model.relu),
+        ("maxpool", model.maxpool),
+        ("layer1", model.layer1),
+        ("layer2", model.layer2),
+    ]
+
+
 @network(
     name="resnet18",
     description=(
@@ -23,6 +36,7 @@ from featalign.pretrained import resnet18
     # strides 2, 4, 8; each layer's last graph node (the registry wants exact node names)
     nodes={"relu": "relu", "layer1": "layer1.1.relu_1", "layer2": "layer2.1.relu_1"},
     strides={"relu": 2, "layer1": 4, "layer2": 8},
+    stages=stages,
 )
 def build(*, seed: int = 0, weights: str | Path | None = None) -> torch.nn.Module:
     """Images (N, 3, H, W) -> logits; the registry extracts the layers by node name."""

@@ -217,6 +217,30 @@ class ConvTrunk(nn.Module):
             found[name] = x
         return {label: found[node] for label, node in self.outputs.items()}
 
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The trunk as a chain of stages for a plugin's ``stages=`` (the stage-by-stage
+        dense evaluation): the input map, then every module, each labelled by its name
+        (the labels of :attr:`outputs` must be module names for the layers to be found).
+
+        Example:
+            >>> trunk = ConvTrunk([("conv", nn.Conv2d(3, 4, 3)), ("act", nn.ReLU())], {"act": "act"})
+            >>> [name for name, _ in trunk.stages()]
+            ['input', 'conv', 'act']
+        """
+        return [("input", _InputMap(self.scale, self.shift)), *self.trunk.items()]
+
+
+class _InputMap(nn.Module):
+    """``x * scale + shift``: :class:`ConvTrunk`'s input mapping as a step of its chain."""
+
+    def __init__(self, scale: float, shift: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
 
 # --------------------------------------------------------------------------- resnet18
 
