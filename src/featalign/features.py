@@ -436,8 +436,12 @@ def extract_features(
 CHUNK = 32
 
 #: The most bytes of maps (as built and dense, every layer) of one chunk: a network whose
-#: maps of ``features.chunk`` images would exceed it gets fewer images per chunk.
-MAX_CHUNK_BYTES = 512 << 20
+#: maps of ``features.chunk`` images would exceed it gets fewer images per chunk. A chunk
+#: costs about twice its maps at its peak (the finiteness check and the netCDF writes copy
+#: a layer at a time): resnet18's paper-sized job (128 px, 17.4 MiB of maps an image)
+#: peaked at 2393 MiB with 512 MiB (29 images a chunk); ``write_features`` on one of its
+#: samples peaked at 2327 MiB with 29 and 1913 MiB with 14 (2026-12-01), so 256 MiB (14).
+MAX_CHUNK_BYTES = 256 << 20
 
 
 def _bytes_per_image(net: Network) -> int:
