@@ -17,7 +17,7 @@ from scipy import ndimage
 from featalign import geometry as g
 from featalign.align.affine import fit_affine
 from featalign.align.dense import fit_dense, warp_with_field
-from featalign.align.layer import align_layer
+from featalign.align.layer import align_layer, values_in_region
 from featalign.align.measures import MEASURES, region_mask, warp_loss
 from featalign.align.starts import SYMMETRY_NAMES, family_starts, grid_symmetries
 
@@ -167,7 +167,8 @@ class TestPlantedWarps:
         assert fit.iterations.tolist() == [1] * 16
         moved = fit_affine(target, moving, torch.arange(16), truth, grid, mask, xtol=0.0, **kwargs)
         assert int(moved.iterations.max()) >= 10  # without the rule: the damping's bound
-        assert bool((moved.error <= fit.error).all())
+        # more iterations never end worse (up to the float32 inner loss's rounding)
+        assert bool((moved.error <= fit.error * (1 + 1e-5)).all())
 
     def test_smoke_few(self) -> None:
         ok, fit, _ = recovery(2, 8)
@@ -489,6 +490,24 @@ class TestAlignLayer:
         torch.testing.assert_close(chunked.errors, whole.errors, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(chunked.affine_matrix, whole.affine_matrix, rtol=1e-6,
                                    atol=1e-8)
+
+    def test_realigned_at_the_region_only(self) -> None:
+        """The input measure reads Γ(T_g⁻¹ T_g f) only at R: its values there
+        (values_in_region, what the align stage reads a few transforms at a time) give the
+        same errors, bit for bit, as the whole maps; values of another region are refused."""
+        target, moving, _, gs, grid = self._inputs()
+        realigned = moving + 0.1 * torch.randn_like(moving)
+        kwargs = dict(region_radius=RADIUS, families=["rotation", "shear"], starts_per_family=1,
+                      dense_steps=0, progress=False)
+        whole = align_layer(target, moving, realigned, gs, grid, **kwargs)
+        values = values_in_region(realigned, grid, RADIUS)
+        assert values.shape[:3] == realigned.shape[:3] and values.shape[3] < SIZE * SIZE
+        at_r = align_layer(target, moving, values, gs, grid, **kwargs)
+        assert torch.equal(at_r.errors, whole.errors)
+        assert bool((whole.errors[..., MEASURES.index("input")] > 0).all())
+        other = values_in_region(realigned, grid, RADIUS / 2)
+        with pytest.raises(ValueError, match="values_in_region"):
+            align_layer(target, moving, other, gs, grid, **kwargs)
 
     @pytest.mark.parametrize("which", ["target", "moving", "realigned"])
     def test_nan_names_the_input(self, which: str) -> None:

@@ -188,25 +188,20 @@ class _Level:
         v, k = matrix.shape[:2]
         warped = _sample_slots(maps, matrix, self.grid, self.pts)  # (V, C, K, N)
         c, n = warped.shape[1], warped.shape[3]
-        runs = _target_runs(target_index)
-        # runs of one length (every sample has as many transforms): one batched product
-        # for all of them; otherwise one matrix product per run. Either way a target's SD
-        # images are shared by its maps, never copied per map.
-        size = runs[0][1] - runs[0][0] if runs else 0
-        groups = [runs] if all(b - a == size for a, b, _ in runs) else [[r] for r in runs]
         loss = torch.empty(v, k, dtype=torch.float64)
         grad = torch.empty(v, k, 6, dtype=torch.float64) if with_grad else None
-        for group in groups:
-            a, b = group[0][0], group[-1][1]
-            targets = [t for _, _, t in group]
-            e = warped[a:b].view(len(group), -1, c, k, n)
-            e = e.sub_(self.values[targets][:, None, :, None, :]).transpose(2, 3)
-            # (runs, n·K, C·N) laid out contiguously, so that each row's sum runs in the
-            # same order however many maps the batch holds (a strided view would not)
-            e = e.reshape(len(group), -1, c * n)
+        # one matrix product per run of equal targets (the target's SD images are shared).
+        # Not one batched product over the runs: at 2 threads that made the results depend
+        # on how many samples a chunk holds (tests/test_memory_align.py: a matrix moved by
+        # 1e-3), though it was bit-identical at 1 thread.
+        for a, b, t in _target_runs(target_index):
+            e = warped[a:b].sub_(self.values[t][None, :, None, :]).transpose(1, 2)
+            # (n·K, C·N) laid out contiguously, so that the sum runs in the same order
+            # however many maps the run holds (a strided view of one map's K slots would not)
+            e = e.reshape((b - a) * k, -1)
             loss[a:b] = _sum_sq_in_dtype(e.view(-1, c, n)).view(b - a, k).cpu()
             if grad is not None:
-                grad[a:b] = torch.bmm(e, self.sd[targets]).view(b - a, k, 6).double().cpu()
+                grad[a:b] = (e @ self.sd[t]).view(b - a, k, 6).double().cpu()
         return loss, grad
 
 
