@@ -55,6 +55,7 @@ from featalign.align.layer import (
     LayerAlignment,
     align_layer,
     oracle_points,
+    values_in_region,
 )
 from featalign.align.measures import MEASURES, NORMALISATION, EmptyRegionError
 from featalign.align.mixing import mixing_in_chunks
@@ -274,9 +275,22 @@ def _align(
             return [torch.from_numpy(read_finite(ds, name, sample=slice(s0, s0 + per)))
                     for name in which]
 
+        def read_in_region(s0: int, name: str) -> torch.Tensor:
+            """Γ(T_g⁻¹ T_g f) only at R (the ``input`` measure reads no more), read a few
+            transforms at a time: a chunk never holds these maps whole."""
+            t_count = ds.sizes["transform"]
+            per_transform = per * int(np.prod(ds[name].shape[2:]))
+            step = max(1, min(t_count, elements // max(1, per_transform)))
+            return torch.cat([
+                values_in_region(torch.from_numpy(read_finite(
+                    ds, name, sample=slice(s0, s0 + per), transform=slice(t0, t0 + step)
+                )), on, radius)
+                for t0 in range(0, t_count, step)
+            ], dim=1)
+
         parts = []
         for s0 in range(0, s, per):
-            maps = read(s0)
+            maps = [*read(s0, names[:2]), read_in_region(s0, names[2])]
 
             def run(elements: int, maps: list[torch.Tensor] = maps) -> LayerAlignment:
                 return align_layer(

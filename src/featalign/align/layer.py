@@ -31,7 +31,7 @@ from featalign.align.mixing import _mixing_from_points
 from featalign.align.starts import SYMMETRY_NAMES, family_starts, grid_symmetries
 from featalign.geometry import Grid, check_shape, invert
 
-__all__ = ["ALIGNMENT_DEFAULTS", "LayerAlignment", "align_layer", "oracle_points"]
+__all__ = ["ALIGNMENT_DEFAULTS", "LayerAlignment", "align_layer", "oracle_points", "values_in_region"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,17 @@ def _region_targets(
     return mask, pts, tv, _nan_where_flat(_denominator(tv))
 
 
+def values_in_region(maps: torch.Tensor, grid: Grid, region_radius: float) -> torch.Tensor:
+    """Maps (..., C, h, w) at the feature pixels of R (:func:`align_layer`'s region):
+    (..., C, N), in the order :func:`align_layer` reads them.
+
+    Where only R's values count (the ``input`` measure's Γ(T_g⁻¹ T_g f)), a caller can
+    pass these to :func:`align_layer` instead of the maps and read the maps a part at a
+    time: R holds about a fifth of a map's pixels at the default radius.
+    """
+    return _at(maps, _points(grid, region_mask(grid, region_radius)))
+
+
 def _oracle(moving: torch.Tensor, g: torch.Tensor, grid: Grid, pts: Any) -> torch.Tensor:
     """Γ(T_g f) (S, T, C, h, w) warped by the oracle g⁻¹ (g: (T, 2, 3) float64), at R's
     points: (S, T, C, N)."""
@@ -204,7 +215,8 @@ def align_layer(
     Args:
         target: Γ(f), shape (S, C, h, w).
         moving: Γ(T_g f), shape (S, T, C, h, w).
-        realigned: Γ(T_g⁻¹ T_g f), shape (S, T, C, h, w).
+        realigned: Γ(T_g⁻¹ T_g f), shape (S, T, C, h, w), or only its values at R,
+            (S, T, C, N) (:func:`values_in_region`): the ``input`` measure reads no more.
         tgt_from_src: the transforms g, (T, 2, 3).
         grid: the layer's lattice on the image plane.
         region_radius: radius of R in image pixels.
@@ -238,8 +250,9 @@ def align_layer(
     dims = check_shape(target, "S C h w", "target")
     spec = f"{dims['S']} T {dims['C']} {dims['h']} {dims['w']}"
     check_shape(moving, spec, "moving")
-    check_shape(realigned, spec, "realigned")
-    if realigned.shape != moving.shape:
+    at_points = realigned.dim() == 4  # values_in_region(realigned maps): (S, T, C, N)
+    check_shape(realigned, f"{dims['S']} T {dims['C']} N" if at_points else spec, "realigned")
+    if realigned.shape[:2] != moving.shape[:2]:
         raise ValueError(
             f"realigned has shape {tuple(realigned.shape)} but moving has {tuple(moving.shape)}"
         )
@@ -267,6 +280,11 @@ def align_layer(
     realigned = realigned.to(device, torch.float32)
     g = tgt_from_src.to(torch.float64).cpu()
     mask, pts, tv, denom = _region_targets(target, grid, region_radius)
+    if at_points and realigned.shape[-1] != pts.flat.numel():
+        raise ValueError(
+            f"realigned holds {realigned.shape[-1]} values per channel but R has "
+            f"{pts.flat.numel()} feature pixels: pass values_in_region() of the same grid and radius"
+        )
     if bool(denom.isnan().any()):
         log.warning("target features are constant over R for some samples; their errors are NaN")
 
@@ -277,7 +295,7 @@ def align_layer(
 
     errors = torch.full((s_count, t_count, len(MEASURES)), float("nan"), dtype=torch.float64)
     errors[..., MEASURES.index("none")] = error(_at(moving, pts))
-    errors[..., MEASURES.index("input")] = error(_at(realigned, pts))
+    errors[..., MEASURES.index("input")] = error(realigned if at_points else _at(realigned, pts))
     mean = tv.mean(-1, keepdim=True).expand_as(tv)
     errors[..., MEASURES.index("constant")] = error(mean[:, None])
 
