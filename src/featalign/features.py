@@ -440,7 +440,8 @@ CHUNK = 32
 #: costs about twice its maps at its peak (the finiteness check and the netCDF writes copy
 #: a layer at a time): resnet18's paper-sized job (128 px, 17.4 MiB of maps an image)
 #: peaked at 2393 MiB with 512 MiB (29 images a chunk); ``write_features`` on one of its
-#: samples peaked at 2327 MiB with 29 and 1913 MiB with 14 (2026-12-01), so 256 MiB (14).
+#: samples peaked at 2327 MiB with 29 and 1913 MiB with 14 (2026-12-01;
+#: ``benchmarks/one_sample.py``), so 256 MiB (14).
 MAX_CHUNK_BYTES = 256 << 20
 
 
