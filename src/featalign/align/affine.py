@@ -81,7 +81,7 @@ def _delta_to_pixels(p: torch.Tensor, half_extent: float) -> torch.Tensor:
 
 
 def _valid_matrix(m: torch.Tensor) -> torch.Tensor:
-    det = torch.linalg.det(m[..., :2])
+    det = m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
     return torch.isfinite(m).all(-1).all(-1) & (det.abs() > 1e-3) & (det.abs() < 1e3)
 
 
@@ -174,6 +174,7 @@ class _Level:
         target_index: torch.Tensor,
         *,
         with_grad: bool = True,
+        runs: list[tuple[int, int, int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Warp and compare K matrices per map: returns (Σ e², Σ SDᵀ e).
 
@@ -182,6 +183,7 @@ class _Level:
             matrix: (V, K, 2, 3).
             target_index: (V,) the target of each map.
             with_grad: compute Σ SDᵀ e too (else None).
+            runs: ``_target_runs(target_index)``, if the caller has it.
 
         Returns:
             Shapes (V, K) and (V, K, 6), float64 on the CPU. The squares are summed in
@@ -190,23 +192,27 @@ class _Level:
         v, k = matrix.shape[:2]
         warped = _sample_slots(maps, matrix, self.grid, self.pts)  # (V, C, K, N)
         c, n = warped.shape[1], warped.shape[3]
-        loss = torch.empty(v, k, dtype=torch.float64)
-        grad = torch.empty(v, k, 6, dtype=torch.float64) if with_grad else None
+        like = {"dtype": warped.dtype, "device": warped.device}
+        loss = torch.empty(v * k, **like)
+        grad = torch.empty(6, v * k, **like) if with_grad else None
         # one matrix product per run of equal targets (the target's SD images are shared).
         # Not one batched product over the runs: at 2 threads that made the results depend
         # on how many samples a chunk holds (tests/test_memory_align.py: a matrix moved by
         # 1e-3), though it was bit-identical at 1 thread.
-        for a, b, t in _target_runs(target_index):
+        for a, b, t in runs if runs is not None else _target_runs(target_index):
             # (n·K, C·N) laid out contiguously, so that the sum runs in the same order
             # however many maps the run holds (a strided view of one map's K slots would
             # not); the difference is written straight into that layout (one pass)
-            e = torch.empty((b - a, k, c, n), dtype=warped.dtype, device=warped.device)
+            e = torch.empty((b - a, k, c, n), **like)
             torch.sub(warped[a:b].transpose(1, 2), self.values[t][None, None], out=e)
             e = e.view((b - a) * k, -1)
-            loss[a:b] = _sum_sq_in_dtype(e.view(-1, c, n)).view(b - a, k).cpu()
+            # Σ e² in the maps' dtype, as _sum_sq_in_dtype (a row of C·N is one reduction)
+            torch.sum(e.pow(2), -1, out=loss[a * k : b * k])
             if grad is not None:
-                grad[a:b] = (self.sd_t[t] @ e.T).T.reshape(b - a, k, 6).double().cpu()
-        return loss, grad
+                # (not mm's out=: a one-row product into a strided out takes another path)
+                grad[:, a * k : b * k] = self.sd_t[t] @ e.T
+        loss = loss.view(v, k).double().cpu()
+        return loss, None if grad is None else grad.T.reshape(v, k, 6).double().cpu()
 
 
 def _active_slots(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,6 +276,7 @@ def _gauss_newton_level(
         l0, g0 = level.residual(held_maps, matrix[r2, order], target_index[rows])
         loss[r2, order] = torch.where(ok_slot, l0, loss[r2, order])
         grad[r2, order] = torch.where(ok_slot[..., None], g0, grad[r2, order])
+    held_cache = None
     for _ in range(max_iter):
         rows = torch.nonzero(active.any(1)).squeeze(1)
         if rows.numel() == 0:
@@ -278,40 +285,49 @@ def _gauss_newton_level(
             # regather only when the active maps have shrunk well: till then a finished
             # map is warped along with the others (cheaper than copying the maps)
             held_maps = held_maps[torch.searchsorted(held, rows)]
-            held = rows
-        rows = held
-        order, slot = _active_slots(active[rows])
-        r2 = rows[:, None].expand_as(order)
-        held_target_index = target_index[rows]
-        h = level.hessian[held_target_index][:, None]  # (V, 1, 6, 6), shared by a map's starts
-        diag = torch.diagonal(h, dim1=-2, dim2=-1)
-        lam_s = lam[r2, order]
-        damp = lam_s[..., None, None] * torch.diag_embed(diag + 1e-12 * diag.amax(-1, keepdim=True))
-        dp, info = torch.linalg.solve_ex(h + damp, grad[r2, order].unsqueeze(-1))
+            held, held_cache = rows, None
+        if held_cache is None:
+            # what depends only on the held maps' targets, formed once per held set
+            held_target_index = target_index[held]
+            h = level.hessian[held_target_index][:, None]  # (V, 1, 6, 6), shared by a map's starts
+            diag = torch.diagonal(h, dim1=-2, dim2=-1)
+            held_cache = (
+                held_target_index,
+                _target_runs(held_target_index),
+                h,
+                torch.diag_embed(diag + 1e-12 * diag.amax(-1, keepdim=True)),
+                1e-14 * level.scale[held_target_index][:, None],
+            )
+        held_target_index, runs, h, h_diag, exact_bound = held_cache
+        order, slot = _active_slots(active[held])
+        # flat indices of the (map, start) slots into the (U, K) tables
+        flat = (held[:, None] * k_count + order).view(-1)
+        shape = order.shape
+        lam_s = lam.view(-1)[flat].view(shape)
+        grad_s = grad.view(-1, 6)[flat].view(*shape, 6)
+        dp, info = torch.linalg.solve_ex(h + lam_s[..., None, None] * h_diag, grad_s.unsqueeze(-1))
         # a target constant over R has a zero Hessian: no step (its errors are NaN anyway)
         dp = torch.where((info == 0)[..., None], dp.squeeze(-1), torch.zeros_like(dp.squeeze(-1)))
-        current = matrix[r2, order]
-        trial = compose(
-            _delta_to_pixels(dp, half).reshape(-1, 2, 3), current.reshape(-1, 2, 3)
-        ).view_as(current)
-        ok = _valid_matrix(trial) & slot
-        trial = torch.where(ok[..., None, None], trial, current)
-        loss_new, grad_new = level.residual(held_maps, trial, held_target_index)
-        old = loss[r2, order]
-        acc = ok & torch.isfinite(loss_new) & (loss_new < old)
-        matrix[r2, order] = torch.where(acc[..., None, None], trial, current)
-        loss[r2, order] = torch.where(acc, loss_new, old)
-        grad[r2, order] = torch.where(acc[..., None], grad_new, grad[r2, order])
+        current = matrix.view(-1, 2, 3)[flat]
+        trial = compose(_delta_to_pixels(dp, half).reshape(-1, 2, 3), current)
+        ok = (_valid_matrix(trial) & slot.view(-1))[:, None, None]
+        trial = torch.where(ok, trial, current).view(*shape, 2, 3)
+        loss_new, grad_new = level.residual(held_maps, trial, held_target_index, runs=runs)
+        old = loss.view(-1)[flat].view(shape)
+        acc = ok.view(shape) & torch.isfinite(loss_new) & (loss_new < old)
+        matrix.view(-1, 2, 3)[flat] = torch.where(acc[..., None, None], trial, current.view_as(trial)).view(-1, 2, 3)
+        kept = torch.where(acc, loss_new, old)
+        loss.view(-1)[flat] = kept.view(-1)
+        grad.view(-1, 6)[flat] = torch.where(acc[..., None], grad_new, grad_s).view(-1, 6)
         lam_new = torch.where(acc, (lam_s / 10).clamp_min(1e-9), lam_s * 10)
-        lam[r2, order] = torch.where(slot, lam_new, lam_s)
-        iters[r2, order] += slot.to(torch.int64)
+        lam.view(-1)[flat] = torch.where(slot, lam_new, lam_s).view(-1)
+        iters.view(-1)[flat] += slot.view(-1).to(torch.int64)
         step = dp.norm(dim=-1)
         small = acc & (((old - loss_new) <= rtol * old) | (step < xtol))
         stuck = ~acc & ((lam_new > 1e6) | (step < xtol))
-        exact = loss[r2, order] <= 1e-14 * level.scale[held_target_index][:, None]
-        done = slot & (small | stuck | exact)
-        conv[r2[done], order[done]] = True
-        active[r2[done], order[done]] = False
+        done = (slot & (small | stuck | (kept <= exact_bound))).view(-1)
+        conv.view(-1)[flat[done]] = True
+        active.view(-1)[flat[done]] = False
     return matrix, loss, iters, conv
 
 
