@@ -26,12 +26,11 @@ config, e.g. a copy of paper.yaml with ``features: {dense: false}`` (same block1
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_workflow import CORES, rule_benchmarks, scratch_copy, snakemake
+from bench_workflow import CORES, remove_copy, rule_benchmarks, scratch_copy, snakemake
 from common import ROOT, Goal, write_json
 
 NAME = "paper_chain"
@@ -66,7 +65,7 @@ def chain(config: str = CONFIG, target: str = TARGET) -> dict[str, Any]:
                         timeout=6 * 3600)
         rules = rule_benchmarks(work, run.output)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_copy(work)
     grants = granted()
     jobs: dict[str, Any] = {}
     for rule, r in rules.items():

@@ -102,6 +102,15 @@ def scratch_copy() -> Path:
     return dest
 
 
+def remove_copy(work: Path) -> None:
+    """Delete a scratch copy, unless ``FEATALIGN_BENCH_KEEP=1``: then say where it is kept
+    (its ``results/`` and ``logs/``, e.g. to compare a run's tables with another's)."""
+    if os.environ.get("FEATALIGN_BENCH_KEEP") == "1":
+        print(f"  kept the scratch copy {work} (FEATALIGN_BENCH_KEEP=1)", flush=True)
+        return
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def snakemake(work: Path, *args: str, timeout: float = 1800.0) -> Run:
     """Run ``python -m snakemake *args`` in ``work``; wall time and ``os.wait4`` peak RSS."""
     env = {
@@ -438,7 +447,7 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
         )
     finally:
         for c in copies:
-            shutil.rmtree(c, ignore_errors=True)
+            remove_copy(c)
     write_json(NAME, payload, goals, quick or tiny)
     return goals
 
