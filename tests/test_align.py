@@ -636,6 +636,44 @@ class TestAdam:
             assert torch.equal(ours, theirs)
         assert float(loss(ours)) < 0.5 * float(loss(start))  # it did optimise
 
+    def test_polish_steps_are_autograds(self) -> None:
+        """The affine polish forms the loss's gradient at the sampling positions from
+        grid_sample's own backward: its iterates equal those of Adam through autograd on
+        the whole loss, bit for bit."""
+        from featalign.align.adam import Adam
+        from featalign.align.affine import _adam_level, _Level
+        from featalign.align.measures import _sample, _sum_sq_in_dtype
+
+        gen = torch.Generator().manual_seed(5)
+        grid = g.Grid.image(24, 24)
+        target = F.avg_pool2d(torch.randn(3, 4, 28, 28, generator=gen), 5, 1)
+        truth = g.compose(
+            g.rotation(torch.tensor([12.0, -6.0, 17.0])), g.scaling(torch.tensor([1.05, 0.95, 1.0]))
+        ).double()
+        moving = g.warp(target, truth, grid)
+        level = _Level(target, 0.0, grid, region_mask(grid, 8.0))
+        index = torch.arange(3)
+        start = g.invert(truth) + 0.02 * torch.randn(3, 2, 3, generator=gen, dtype=torch.float64)
+        steps, lr = 6, 3e-3
+        ours = _adam_level(moving, None, level, index, start.clone(), max_iter=steps, rtol=0.0, lr=lr)
+
+        scale = torch.tensor([1.0, 1.0, level.pts.half_extent], dtype=torch.float64)
+        q = (start / scale).clone().requires_grad_(True)
+        opt = Adam(q, lr=lr)
+        best = torch.full((3,), float("inf"), dtype=torch.float64)
+        best_m = start.clone()
+        for _ in range(steps):
+            opt.zero_grad()
+            m = q * scale
+            loss = _sum_sq_in_dtype(_sample(moving, m, level.grid, level.pts) - level.values)
+            lc = loss.detach()
+            better = lc < best
+            best, best_m[better] = torch.where(better, lc, best), m.detach()[better]
+            loss.sum().backward()
+            opt.step()
+        assert torch.equal(ours[0], best_m) and torch.equal(ours[1], best)
+        assert bool((best < _sum_sq_in_dtype(_sample(moving, start, grid, level.pts) - level.values)).all())
+
     def test_align_layer_does_not_import_dynamo(self) -> None:
         """torch.optim's first step imports torch._dynamo (2-3 CPU-s, paid by every
         align job); the optimiser's Adam levels and the dense fit must not."""
