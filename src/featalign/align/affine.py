@@ -487,7 +487,7 @@ def fit_affine(
         keep_starts: after the coarsest level, only the ``keep_starts`` starts of each
             problem with the lowest coarse loss go on to the finer levels (``None``: all);
             a dropped start reports its starting matrix and error.
-        polish_iter: Adam steps (through autograd, learning rate ``adam_lr / 10``) on each
+        polish_iter: Adam steps (autograd's gradient, learning rate ``adam_lr / 10``) on each
             problem's winner at full resolution, after Gauss–Newton (0: none). Bilinear
             sampling makes the loss kinked at the sub-pixel scale, which Gauss–Newton's
             smooth linearisation does not see. Of 256 planted stride-2 problems
