@@ -184,28 +184,27 @@ class TestHelpers:
         assert (out[0, 0, 0] == 0).all() and (out[0, 0, :, 2:] == 0).all()
 
 
+#: the pretrained networks: they declare ``stages=`` (the paper config's stride-8 networks
+#: among them, 64 phases each) and need weights that an environment may lack
+PRETRAINED = ["resnet18", "mobilenet_v2", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
-    ["pointwise", "vgg_random", "isotropic", "rotation_pooled", "d4_pooled", "scale_channels"],
+    ["pointwise", "vgg_random", "isotropic", "rotation_pooled", "d4_pooled", "scale_channels",
+     *PRETRAINED],
 )
 def test_builtins_pass_their_check(name: str) -> None:
-    """Every built-in network keeps its declarations (5–25 s each on 2 cores)."""
-    report = check_network(name, plugin_dirs=[REPO_PLUGINS])
-    assert report.passed, report.format()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", ["resnet18", "mobilenet_v2", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"]
-)
-def test_builtin_chains_of_stages_reproduce_their_networks(name: str) -> None:
-    """The pretrained networks declare ``stages=`` (the paper config's stride-8 networks
-    among them: 64 phases each): the check runs the chain stage by stage and fails it
-    where it differs from plain shift-and-stitch."""
+    """Every built-in network keeps its declarations (5–25 s each on 2 cores); for the
+    pretrained ones the check also runs the chain stage by stage and fails it where it
+    differs from plain shift-and-stitch."""
     try:
         report = check_network(name, plugin_dirs=[REPO_PLUGINS])
     except (FileNotFoundError, ImportError) as exc:
+        if name not in PRETRAINED:
+            raise
         pytest.skip(f"{name} needs something missing here: {type(exc).__name__}: {exc}")
     assert report.passed, report.format()
-    assert any(n.startswith("stages: dense maps stage by stage") for n in report.notes)
+    if name in PRETRAINED:
+        assert any(n.startswith("stages: dense maps stage by stage") for n in report.notes)

@@ -202,6 +202,8 @@ class ConvTrunk(nn.Module):
         self.outputs = dict(outputs)
         self.scale = float(scale)
         self.shift = float(shift)
+        # one module for the input map, run by forward and given as the first stage
+        self.input_map = _InputMap(self.scale, self.shift)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Args:
@@ -210,7 +212,7 @@ class ConvTrunk(nn.Module):
         Returns:
             ``{label: (N, C_l, H_l, W_l)}`` in the order of ``outputs``.
         """
-        x = x * self.scale + self.shift
+        x = self.input_map(x)
         found: dict[str, torch.Tensor] = {}
         for name, module in self.trunk.items():
             x = module(x)
@@ -227,7 +229,7 @@ class ConvTrunk(nn.Module):
             >>> [name for name, _ in trunk.stages()]
             ['input', 'conv', 'act']
         """
-        return [("input", _InputMap(self.scale, self.shift)), *self.trunk.items()]
+        return [("input", self.input_map), *self.trunk.items()]
 
 
 class _InputMap(nn.Module):
