@@ -14,9 +14,10 @@ jobs in the no-change rerun).
 **Measured**
 
 - *Cold run* (``config/test.yaml``; full mode also the default config): wall seconds of
-  the whole ``snakemake`` command, and its **peak RSS**: ``ru_maxrss`` of ``os.wait4`` on
-  the snakemake process, i.e. the resident set of the largest single process of the run
-  (snakemake itself or any job it waited for), not a sum over processes running at once.
+  the whole ``snakemake`` command, and its **peak RSS**: ``ru_maxrss`` of snakemake and its
+  descendants (``RUSAGE_CHILDREN`` in a small wrapper process, :data:`_RSS_WRAPPER`), i.e.
+  the resident set of the largest single process of the run (snakemake itself or any job),
+  not a sum over processes running at once.
   Per rule, from the Snakemake ``benchmark:`` TSV every job writes beside its log
   (``logs/**/*.tsv``, mapped to rules by the ``benchmark:`` lines of snakemake's
   output): jobs, the largest ``max_rss`` (MB, as Snakemake reports it), median and
@@ -111,8 +112,24 @@ def remove_copy(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+#: Runs its arguments as a child and writes the largest resident set of that child and
+#: its descendants (``RUSAGE_CHILDREN``) to the file named first. The benchmark itself
+#: holds gigabytes by the time it starts the workflow, and a child's ``ru_maxrss`` counts
+#: the address space it was forked from until it execs: measured from the benchmark
+#: process, every run "peaked" at the benchmark's own size (2.08 GiB in the full run of
+#: 2026-12-01). This small interpreter is what snakemake is forked from instead.
+_RSS_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[2:])\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(rc)\n"
+)
+
+
 def snakemake(work: Path, *args: str, timeout: float = 1800.0) -> Run:
-    """Run ``python -m snakemake *args`` in ``work``; wall time and ``os.wait4`` peak RSS."""
+    """Run ``python -m snakemake *args`` in ``work``; wall time and the peak RSS of its
+    largest process (measured by :data:`_RSS_WRAPPER`)."""
     env = {
         **os.environ,
         "PYTHONHASHSEED": "0",
@@ -121,10 +138,12 @@ def snakemake(work: Path, *args: str, timeout: float = 1800.0) -> Run:
         ),
     }
     log = work / ".benchmark-snakemake.log"  # outside results/, logs/ and .snakemake/
+    rss_file = work / ".benchmark-snakemake.maxrss"
     with open(log, "w") as fh:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "snakemake", *args],
+            [sys.executable, "-c", _RSS_WRAPPER, str(rss_file), sys.executable, "-m",
+             "snakemake", *args],
             cwd=work,
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -134,16 +153,17 @@ def snakemake(work: Path, *args: str, timeout: float = 1800.0) -> Run:
         timer = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
         timer.start()
         try:
-            # wait4's rusage covers the process and the children it waited for: ru_maxrss
-            # is the largest resident set of any single process of the run (KiB on Linux)
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             timer.cancel()
         seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped
     output = log.read_text(errors="replace")
     log.unlink()
-    maxrss = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
+    # RUSAGE_CHILDREN's ru_maxrss: the largest resident set of any single process of the
+    # run, snakemake or a job (KiB on Linux, bytes on macOS); absent if it was killed
+    maxrss = int(rss_file.read_text()) if rss_file.exists() else 0
+    rss_file.unlink(missing_ok=True)
+    maxrss = maxrss // 1024 if sys.platform == "darwin" else maxrss
     if proc.returncode != 0:
         why = f"timed out ({timeout:.0f} s)" if seconds >= timeout else f"exit {proc.returncode}"
         raise RuntimeError(
