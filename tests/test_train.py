@@ -98,6 +98,24 @@ class TestTrainMnistCnn:
             torch.testing.assert_close(second[name], tensor, rtol=0, atol=0, msg=name)
         assert again["history"] == meta["history"]
 
+    def test_weights_do_not_depend_on_the_callers_threads(
+        self, short_run: tuple[Path, dict], tmp_path: Path
+    ) -> None:
+        """A Snakemake job given one thread (``--cores 1``) trains the weights of one given
+        two: the training's thread count is fixed by default, not inherited."""
+        out, _ = short_run  # trained with num_threads=2
+        options = {k: v for k, v in SHORT.items() if k != "num_threads"}
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            train_mnist_cnn(tmp_path / "one.pt", **options)
+        finally:
+            torch.set_num_threads(before)
+        first = torch.load(out, weights_only=True)["state_dict"]
+        second = torch.load(tmp_path / "one.pt", weights_only=True)["state_dict"]
+        for name, tensor in first.items():
+            torch.testing.assert_close(second[name], tensor, rtol=0, atol=0, msg=name)
+
     def test_log_file(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         log = tmp_path / "train.log"
         with caplog.at_level(logging.INFO, logger="featalign.train"):
