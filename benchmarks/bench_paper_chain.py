@@ -18,7 +18,7 @@ Ratios, not timings: the wall ratio holds on a machine like the one the profile 
 measured on (2 cores, README "Running on a GPU or a cluster").
 
 **Cost**: the features job dominates (s^2 = 16 forward passes of 7104 images for the
-dense maps of vgg_random's stride-4 layer): about 1.5-2 hours on 2 shared cores, and a
+dense maps of vgg_random's stride-4 layer): 801 s of the chain's 1159 s on 2 cores (2026-12-01), and a
 features file of several GB in the scratch copy. Full mode only (``make bench``);
 ``--quick`` and ``--tiny`` skip it, and ``--chain-config`` (standalone) runs another
 config, e.g. a copy of paper.yaml with ``features: {dense: false}`` (same block1 file).

@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``make bench`` / ``make bench QUICK=1``)::
 
-    .venv/bin/python benchmarks/run.py            # full: about 12 min on 2 cores + the paper chain
+    .venv/bin/python benchmarks/run.py            # full: about 40 min on 2 cores, the paper chain 20 of them
     .venv/bin/python benchmarks/run.py --quick    # about 3 min
     .venv/bin/python benchmarks/run.py --only optimizer floor
     .venv/bin/python benchmarks/run.py --tiny --out /tmp/bench   # smoke test, seconds
@@ -11,8 +11,8 @@ The workflow benchmark takes about 2 min of the quick run (Snakemake on
 ``config/test.yaml``) and about 10 min of the full one (also the default config).
 The paper-chain benchmark (last, full mode only) runs one paper-sized chain of
 ``config/paper.yaml`` (dataset, features and align of vgg_random on the photographs)
-and sets each job's wall time and peak RSS against the Slurm profile's grants: about
-1.5-2 hours more on 2 cores (``--only`` leaves it out, e.g. ``--only optimizer floor
+and sets each job's wall time and peak RSS against the Slurm profile's grants:
+about 20 min more on 2 cores (``--only`` leaves it out, e.g. ``--only optimizer floor
 multistart features workflow``).
 
 Each benchmark writes ``results/benchmarks/<name>.json``; this script also writes
