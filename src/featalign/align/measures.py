@@ -234,6 +234,18 @@ def _read(maps: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _read_position_grad(
+    maps: torch.Tensor, positions: torch.Tensor, grad_out: torch.Tensor
+) -> torch.Tensor:
+    """The gradient of a loss at the positions :func:`_read` read, given its gradient
+    ``grad_out`` (B, C, K, N) at the read values: (B, K, N, 2). ``grid_sample``'s own
+    backward with :func:`_read`'s convention, for the maps kept out of autograd."""
+    _, grad = torch.ops.aten.grid_sampler_2d_backward(
+        grad_out, maps, positions, 0, 0, False, [False, True]  # bilinear, zeros, False
+    )
+    return grad
+
+
 def _sample(
     maps: torch.Tensor,
     tgt_from_src: torch.Tensor,
