@@ -329,81 +329,6 @@ def rerun_goal(run: dict[str, Any], label: str, floor: dict[str, float]) -> Goal
     )
 
 
-def _work(config_path: Path) -> dict[str, float]:
-    """Work per job of each rule kind, summed over the config's datasets (arbitrary units).
-
-    ``align``: problems × feature-map area (samples × transforms × size²); ``features``
-    and ``dataset``: images × area (samples × (1 + 2 × transforms) × size²), averaged
-    over the datasets.
-    """
-    import yaml
-
-    from featalign.datasets import transform_table
-
-    cfg = yaml.safe_load(config_path.read_text())
-    align, images = [], []
-    for ds in cfg["datasets"].values():
-        sweep = ds.get("transforms") or cfg["transforms"]
-        t = len(transform_table(sweep, affine_draws=int(cfg.get("affine_draws", 1)))[0])
-        s, size = int(ds["samples"]), int(ds["size"])
-        align.append(s * t * size**2)
-        images.append(s * (1 + 2 * t) * size**2)
-    return {
-        "align": statistics.mean(align),
-        "features": statistics.mean(images),
-        "dataset": statistics.mean(images),
-    }
-
-
-def paper_estimate(rules: dict[str, dict[str, Any]], paper_jobs: dict[str, Any]) -> dict[str, Any]:
-    """Expected CPU cost per job of ``config/paper.yaml``, from the default run's jobs.
-
-    A linear model, stated as such. A job's time is a fixed start-up (interpreter,
-    imports, reading inputs) plus its computation; where the result files record their
-    computation (``compute_seconds``: ``align`` and ``features``), the start-up is the
-    median job time minus the median computation and stays, and the computation is
-    scaled by the ratio of work per job (:func:`_work`: problems or images × canvas area)
-    between the paper and the default configs. ``dataset`` jobs scale as a whole (an
-    overestimate: much of them is start-up). Figures, tables and training do not grow
-    with the canvas and keep their measured times.
-    """
-    default, paper = _work(ROOT / DEFAULT), _work(ROOT / PAPER)
-    out: dict[str, Any] = {}
-    total = 0.0
-    for rule, n in paper_jobs["jobs"].items():
-        measured = rules.get(rule)
-        if rule == "all" or measured is None:
-            continue
-        factor = paper[rule] / default[rule] if rule in paper else 1.0
-        compute = measured.get("median_compute_s")
-        if compute is None:
-            fixed, compute = 0.0, measured["median_s"]
-        else:
-            fixed = max(0.0, measured["median_s"] - compute)
-        per_job = fixed + compute * factor
-        total += per_job * n
-        out[rule] = {
-            "jobs": n,
-            "factor": factor,
-            "fixed_seconds": fixed,
-            "seconds_per_job": per_job,
-        }
-    out["total_cpu_hours"] = total / 3600
-    return out
-
-
-def print_estimate(est: dict[str, Any]) -> None:
-    print(f"  expected cost of {PAPER} on {CORES} CPU cores (linear model from the default run):")
-    for rule, e in est.items():
-        if rule == "total_cpu_hours":
-            continue
-        print(
-            f"    {rule:<26} {e['jobs']:4d} jobs x {e['seconds_per_job'] / 60:7.1f} min"
-            f"  ({e['fixed_seconds']:.1f} s start-up + computation x {e['factor']:.0f})"
-        )
-    print(f"    total {est['total_cpu_hours']:.1f} h of 2-core jobs")
-
-
 def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
     """Run benchmark 5, write ``results/benchmarks/workflow.json`` and return its goals."""
     mode = "tiny" if tiny else "quick" if quick else "full"
@@ -458,8 +383,6 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
                         {"version_s": version.seconds, "dry_run_s": dry[DEFAULT]["seconds"]},
                     ),
                 ]
-                payload["paper_estimate"] = paper_estimate(run["cold"]["rules"], dry[PAPER])
-                print_estimate(payload["paper_estimate"])
         payload["runs"] = runs
         paper = dry[PAPER]["total"]
         goals.append(

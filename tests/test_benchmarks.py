@@ -155,34 +155,65 @@ class TestWorkflow:
             assert GOAL_LINE.match(g["line"]), g["line"]
 
 
-class TestPaperEstimate:
-    def test_work_ratios_follow_the_configs(self) -> None:
-        """paper.yaml: 64 samples x 55 transforms at 128 px; default: 8 x 21 at 64 px."""
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        import bench_workflow
+class TestPaperCost:
+    """``benchmarks/paper_cost.py``: the paper config at fewer samples, projected back."""
 
-        rules = {
-            "align": {"median_s": 6.0, "median_compute_s": 2.0},
-            "features": {"median_s": 5.0},
-            "summarize": {"median_s": 4.0},
-        }
-        jobs = {"jobs": {"align": 85, "features": 29, "summarize": 1, "all": 1}, "total": 116}
-        est = bench_workflow.paper_estimate(rules, jobs)
-        assert est["align"]["factor"] == pytest.approx(64 * 55 * 128**2 / (8 * 21 * 64**2))
-        assert est["features"]["factor"] == pytest.approx(
-            64 * (1 + 2 * 55) * 128**2 / (8 * (1 + 2 * 21) * 64**2)
-        )
-        # the start-up stays, the computation scales
-        assert est["align"]["seconds_per_job"] == pytest.approx(4.0 + 2.0 * est["align"]["factor"])
-        assert est["features"]["seconds_per_job"] == pytest.approx(5.0 * est["features"]["factor"])
-        assert est["summarize"] == {
-            "jobs": 1,
-            "factor": 1.0,
-            "fixed_seconds": 0.0,
-            "seconds_per_job": 4.0,
-        }
-        assert "all" not in est
-        total = sum(
-            e["jobs"] * e["seconds_per_job"] for k, e in est.items() if k != "total_cpu_hours"
-        )
-        assert est["total_cpu_hours"] == pytest.approx(total / 3600)
+    @staticmethod
+    def module():
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import paper_cost
+
+        return paper_cost
+
+    def test_cost_config_changes_only_the_counts(self) -> None:
+        import yaml
+
+        pc = self.module()
+        paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+        cfg = pc.cost_config(paper, samples=2, recognition=10, seeds=1)
+        assert {d["samples"] for d in cfg["datasets"].values()} == {2}
+        assert cfg["recognition"]["samples"] == 10
+        assert cfg["stn"]["seeds"] == paper["stn"]["seeds"][:1]
+        for key in ("transforms", "networks", "alignment", "region", "affine_draws"):
+            assert cfg[key] == paper[key], key
+        for name, ds in cfg["datasets"].items():
+            assert {k: v for k, v in ds.items() if k != "samples"} == {
+                k: v for k, v in paper["datasets"][name].items() if k != "samples"
+            }
+        assert paper["datasets"]["photos"]["samples"] == 64  # the paper's own left alone
+        scale = pc._scale(paper, samples=2, recognition=10, seeds=1)
+        assert scale == {"samples": 32.0, "recognize": (64 + 500) / (2 + 10), "stn_seeds": 5.0}
+
+    def test_projection_scales_the_computation_not_the_start_up(self, tmp_path: Path) -> None:
+        import netCDF4
+
+        pc = self.module()
+        for name, compute in (("a.nc", 3.0), ("f.nc", 9.0)):
+            with netCDF4.Dataset(tmp_path / name, "w") as nc:
+                nc.setncattr("compute_seconds", compute)
+        jobs = [
+            {"rule": "align", "output": "a.nc", "threads": 1, "s": 5.0, "max_rss_mb": 900.0},
+            {"rule": "features", "output": "f.nc", "threads": 1, "s": 13.0, "max_rss_mb": 1500.0},
+            {"rule": "dataset", "output": "d.nc", "threads": 1, "s": 4.0, "max_rss_mb": 800.0},
+            {"rule": "recognize", "output": "r.nc", "threads": 1, "s": 6.0, "max_rss_mb": None},
+            {"rule": "stn_train", "output": "s.nc", "threads": 1, "s": 7.0, "max_rss_mb": 300.0},
+            {"rule": "train", "output": "w.pt", "threads": 2, "s": 8.0, "max_rss_mb": 1000.0},
+        ]
+        scale = {"samples": 10.0, "recognize": 3.0, "stn_seeds": 5.0}
+        startup = pc.project(tmp_path, jobs, scale)
+        assert startup == 3.0  # median of the align (2 s) and features (4 s) start-ups
+        paper = {j["rule"]: j["paper_s"] for j in jobs}
+        assert paper == {"align": 2 + 30, "features": 4 + 90, "dataset": 3 + 10,
+                         "recognize": 18, "stn_train": 7, "train": 8}
+        grants = {"*": {"mem_mb": 2000.0, "runtime": 1.0}}
+        result = pc.summarise(jobs, grants)
+        assert result["rules"]["stn_train"]["paper_jobs"] == 5
+        job_s = 32 + 94 + 13 + 18 + 5 * 7 + 8
+        assert result["job_hours"] == pytest.approx(job_s / 3600)
+        assert result["two_core_hours"] == pytest.approx((job_s + 8) / 2 / 3600)
+        goals = {g.name: g for g in pc.goals_of(result)}
+        assert goals["paper features job wall / Slurm runtime (projected)"].met is False  # 94 s > 1 min
+        assert goals["paper align job wall / Slurm runtime (projected)"].met is True
+        assert goals["paper features job peak RSS"].met is True
+        assert "paper recognize job peak RSS" not in goals  # too short to sample
+        assert goals[f"{pc.PAPER} on 2 cores, from its jobs at paper size"].met is True
