@@ -14,6 +14,7 @@ import torch
 import xarray as xr
 import yaml
 
+import featalign.recognition.measure as measure
 from featalign import geometry
 from featalign.check import check_network, smooth_images
 from featalign.config import ConfigError, validate_config
@@ -291,6 +292,18 @@ class TestKnownAnswers:
             else:
                 np.testing.assert_array_equal(chunked[name], var)
 
+    def test_passes_of_a_few_transforms_are_the_same(self, known, monkeypatch):
+        """Where one sample's images do not fit PASS_BYTES, its transforms are split."""
+        ds, out, (alignments, clf, spec, digits) = known
+        monkeypatch.setattr(measure, "PASS_BYTES", 1)  # one transform a pass
+        split = recognition_dataset(ds, alignments, clf, spec, samples=4, digits=digits,
+                                    progress=False)  # fmt: skip
+        for name, var in out.data_vars.items():
+            if var.dtype.kind == "f":  # other batches: float32 sums in another order
+                np.testing.assert_allclose(split[name], var, rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(split[name], var)
+
     def test_tables(self, known):
         _, out, _ = known
         problems = problem_table(out)
@@ -496,3 +509,19 @@ def test_verdict_grid_gets_a_panel_per_alignment(tmp_path):
     assert gids == ["dense", "as_built", "recognition: oracle", "recognition: input"]
     oracle = next(ax for ax in fig.axes if ax.get_gid() == "recognition: oracle")
     assert [t for t in oracle.texts if t.get_gid() == "disagreement"]
+
+
+class TestPassShape:
+    """How many samples, or transforms of one sample, a forward pass takes."""
+
+    def test_whole_samples_while_they_fit(self):
+        # 10 images of 100 bytes fit in 1000: two samples of 1 + 4 images
+        assert measure.pass_shape(100, 4, batch_size=8, budget=1000) == (2, 4)
+        assert measure.pass_shape(100, 4, batch_size=1, budget=1000) == (1, 4)
+        assert measure.pass_shape(1, 4, batch_size=8, budget=10**9) == (8, 4)
+
+    def test_transforms_of_one_sample_when_it_does_not_fit(self):
+        # 4 images fit: the sample itself and 3 of its 55 transforms
+        assert measure.pass_shape(100, 55, batch_size=8, budget=400) == (1, 3)
+        # never less than one transform
+        assert measure.pass_shape(10**9, 55, batch_size=8, budget=400) == (1, 1)

@@ -18,8 +18,10 @@ meta = None
 if inp.get("weights"):
     options["weights"] = inp.weights
     meta = torch.load(inp.weights, weights_only=True).get("meta")
+# read a slice at a time (recognition_dataset): the transformed and realigned images of
+# config/paper.yaml's datasets are 0.7 GB each
 dataset = open_dataset(inp.dataset, kind="dataset", rebuild=f"snakemake {inp.dataset}",
-                       variables=("image", "transformed", "realigned"))  # fmt: skip
+                       variables=("image", "transformed", "realigned"), lazy=True)  # fmt: skip
 spec = DatasetSpec.from_config(w.dataset, json.loads(dataset.attrs["config"])["dataset"])
 samples = p.section["recognition"]["samples"]
 digits, heldout = recognition_digits(spec, samples, meta, dataset.description.values)
@@ -35,4 +37,5 @@ result = recognition_dataset(
     batch_size=p.section["recognition"]["batch_size"], device=resolve_device(p.device),
     config=p.section, rule="recognize",
 )  # fmt: skip
+dataset.close()
 write_netcdf(result, snakemake.output[0])  # noqa: F821

@@ -53,7 +53,7 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,13 +69,14 @@ from featalign.datasets import MNIST_DIGITS, DatasetSpec, load_source, soft_wind
 from featalign.extractor import FeatureExtractor, build_extractor
 from featalign.features import convert_channels
 from featalign.geometry import Grid
-from featalign.io import make_attrs
+from featalign.io import make_attrs, read_finite
 from featalign.names import ALIGNMENTS, RECOGNITION_EVALUATION
 from featalign.plugins import NetworkSpec, PluginError
 
 __all__ = [
     "HEAD_TOL",
     "LOGITS_KEY",
+    "PASS_BYTES",
     "Classifier",
     "build_classifier",
     "head_differences",
@@ -351,12 +352,59 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (0.5 * kl(p) + 0.5 * kl(q)).clamp_min(0.0)
 
 
+#: Bytes of feature maps one forward pass of the recognize stage may hold (its images'
+#: maps at every layer, and a layer's warped copies): a batch takes as many samples, or
+#: for one sample as many of its transforms, as fit. At config/paper.yaml's scale (55
+#: transforms at 128 px) a batch of the configured 8 samples held 448 images' maps, and
+#: the job peaked at 6 GB; the batch size then still bounds it from above.
+PASS_BYTES = 256 * 2**20
+
+#: (sample slice, transform slice) -> the transformed and realigned images (b, t, C, n, n).
+Views = Callable[[slice, slice], tuple[torch.Tensor, torch.Tensor]]
+
+
+def in_memory(transformed: torch.Tensor, realigned: torch.Tensor) -> Views:
+    """:data:`Views` of images already in memory."""
+    return lambda sl, tc: (transformed[sl, tc], realigned[sl, tc])
+
+
+def on_disk(dataset: xr.Dataset) -> Views:
+    """:data:`Views` read from a dataset file slice by slice (``open_dataset(lazy=True)``)."""
+
+    def read(sl: slice, tc: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(  # type: ignore[return-value]
+            torch.from_numpy(read_finite(dataset, name, sample=sl, transform=tc))
+            for name in ("transformed", "realigned")
+        )
+
+    return read
+
+
+def pass_shape(per_image: int, transforms: int, batch_size: int,
+               budget: int = PASS_BYTES) -> tuple[int, int]:
+    """Samples and transforms per forward pass within ``budget`` bytes of maps.
+
+    Args:
+        per_image: bytes of maps one image needs (:func:`_decide`'s estimate).
+        transforms: T; a sample brings itself and its T transformed images.
+        batch_size: the most samples per pass (``recognition.batch_size``).
+
+    Returns:
+        (samples, transforms): all T with as many samples as fit (at least one and at
+        most ``batch_size``); where one sample's T + 1 images do not fit, one sample
+        with as many transforms as do (at least one).
+    """
+    images = max(2, budget // max(1, per_image))
+    if images >= transforms + 1:
+        return max(1, min(batch_size, images // (transforms + 1))), transforms
+    return 1, max(1, images - 1)
+
+
 @torch.no_grad()
 def _decide(
     classifier: Classifier,
     images: torch.Tensor,
-    transformed: torch.Tensor,
-    realigned: torch.Tensor,
+    views: Views,
     mats: torch.Tensor,
     grids: Mapping[str, Grid],
     fitted: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None,
@@ -366,7 +414,8 @@ def _decide(
     progress: bool,
     what: str,
 ) -> dict[str, np.ndarray]:
-    """Every decision for one sample set, in batches of samples.
+    """Every decision for one sample set, in passes of samples (or of one sample's
+    transforms) whose maps fit :data:`PASS_BYTES` (:func:`pass_shape`).
 
     The body (every layer) runs on the reference and transformed images, whose maps the
     warps need. The reference, ``none`` and ``input`` decisions are Γ of an image, so they
@@ -382,7 +431,8 @@ def _decide(
     which a head that pools the whole map reads.
 
     Args:
-        images: (S, C, n, n); transformed, realigned: (S, T, C, n, n).
+        images: (S, C, n, n).
+        views: the transformed and realigned images (S, T, C, n, n), a slice at a time.
         mats: (T, 2, 3) the transforms T_g.
         grids: layer -> its lattice.
         fitted: layer -> the align stage's best affine warps (S, T, 2, 3) and the dense
@@ -394,7 +444,7 @@ def _decide(
         shape (L, A, S, T) and ``reference`` (L, S).
     """
     layers = list(classifier.spec.layers)
-    s, t = transformed.shape[:2]
+    s, t = images.shape[0], mats.shape[0]
     shape = (len(layers), len(ALIGNMENTS), s, t)
     out = {
         "prediction": np.full(shape, -1, dtype=np.int32),
@@ -408,40 +458,50 @@ def _decide(
     k0 = layers[0]
     blank = torch.zeros(1, c_in, *images.shape[-2:], device=device)
     background = classifier.body(blank)  # body_k of the empty canvas: what surrounds content
+    # an image's maps at every layer, and a layer's warped copies with their temporaries
+    sizes = [int(background[k][0].numel()) for k in layers]
+    per_image = 4 * (sum(sizes) + 4 * max(sizes))  # float32
+    per_pass, per_t = pass_shape(per_image, t, batch_size)
+    passes = [(slice(a, min(a + per_pass, s)), slice(c, min(c + per_t, t)))
+              for a in range(0, s, per_pass) for c in range(0, t, per_t)]
 
-    def record(li: int | slice, name: str, sl: slice, p: torch.Tensor, ref_p: torch.Tensor) -> None:
-        """Store the softmax vectors p (b·t, classes) of samples sl against ref_p's."""
+    def record(
+        li: int | slice, name: str, sl: slice, tc: slice, p: torch.Tensor, ref_p: torch.Tensor
+    ) -> None:
+        """Store the softmax vectors p (b·t', classes) of samples sl, transforms tc."""
         ai = ALIGNMENTS.index(name)
+        tt = tc.stop - tc.start
         conf, pred = p.max(-1)
         ref_c = ref_p.argmax(-1)
-        out["prediction"][li, ai, sl] = pred.view(-1, t).cpu().numpy()
-        out["confidence"][li, ai, sl] = conf.view(-1, t).cpu().numpy()
-        out["reference_probability"][li, ai, sl] = (
-            p.gather(1, ref_c[:, None]).view(-1, t).cpu().numpy()
+        out["prediction"][li, ai, sl, tc] = pred.view(-1, tt).cpu().numpy()
+        out["confidence"][li, ai, sl, tc] = conf.view(-1, tt).cpu().numpy()
+        out["reference_probability"][li, ai, sl, tc] = (
+            p.gather(1, ref_c[:, None]).view(-1, tt).cpu().numpy()
         )
-        out["divergence"][li, ai, sl] = js_divergence(p, ref_p).view(-1, t).cpu().numpy()
+        out["divergence"][li, ai, sl, tc] = js_divergence(p, ref_p).view(-1, tt).cpu().numpy()
 
-    for start in tqdm(range(0, s, batch_size), desc=what, unit="batch", disable=not progress):
-        sl = slice(start, min(start + batch_size, s))
-        b = sl.stop - sl.start
-        x = torch.cat([images[sl], transformed[sl].flatten(0, 1)])
+    for sl, tc in tqdm(passes, desc=what, unit="pass", disable=not progress):
+        b, tt = sl.stop - sl.start, tc.stop - tc.start
+        transformed, realigned = views(sl, tc)
+        x = torch.cat([images[sl], transformed.flatten(0, 1)])
         feats = classifier.body(convert_channels(x.float(), c_in).to(device))
         back = classifier.first(
-            convert_channels(realigned[sl].flatten(0, 1).float(), c_in).to(device)
+            convert_channels(realigned.flatten(0, 1).float(), c_in).to(device)
         )[k0]
         # Γ = head_k0 ∘ body_k0 of the reference, transformed and realigned images: the
         # same for every layer, so computed once and copied to all of them
         head0 = classifier.heads[k0]
         ref_p = torch.softmax(head0(feats[k0][:b]).double(), -1)
         out["reference"][:, sl] = ref_p.argmax(-1).cpu().numpy()
-        rep_p = ref_p.repeat_interleave(t, 0)
-        record(slice(None), "none", sl, torch.softmax(head0(feats[k0][b:]).double(), -1), rep_p)
-        record(slice(None), "input", sl, torch.softmax(head0(back).double(), -1), rep_p)
+        rep_p = ref_p.repeat_interleave(tt, 0)
+        none_p = torch.softmax(head0(feats[k0][b:]).double(), -1)
+        record(slice(None), "none", sl, tc, none_p, rep_p)
+        record(slice(None), "input", sl, tc, torch.softmax(head0(back).double(), -1), rep_p)
         for li, layer in enumerate(layers):
             f = feats[layer]
             moved = f[b:]
             grid = dataclasses.replace(grids[layer], height=f.shape[-2], width=f.shape[-1])
-            inv = inverse[None].expand(b, t, 2, 3).reshape(-1, 2, 3)
+            inv = inverse[None, tc].expand(b, tt, 2, 3).reshape(-1, 2, 3)
             bg = background[layer]
 
             def warped(
@@ -452,12 +512,12 @@ def _decide(
             variants = {"oracle": warped(moved, inv)}
             if fitted is not None:
                 matrix, control = fitted[layer]
-                matrix = matrix[sl].reshape(-1, 2, 3)
+                matrix = matrix[sl, tc].reshape(-1, 2, 3)
                 variants["affine"] = warped(moved, matrix)
-                variants["dense"] = warped(moved, matrix, control[sl].flatten(0, 1))
+                variants["dense"] = warped(moved, matrix, control[sl, tc].flatten(0, 1))
             head = classifier.heads[layer]
             for name, maps in variants.items():
-                record(li, name, sl, torch.softmax(head(maps).double(), -1), rep_p)
+                record(li, name, sl, tc, torch.softmax(head(maps).double(), -1), rep_p)
     return out
 
 
@@ -548,10 +608,9 @@ def recognition_dataset(
     mats = torch.from_numpy(dataset.matrix.values).to(torch.float64)
     grids = {layer: _grid(alignments[layer].attrs) for layer in layers}
     fitted = {layer: _fitted(alignments[layer], layer) for layer in layers}
-    own = torch.from_numpy(dataset.image.values)
+    own = torch.from_numpy(read_finite(dataset, "image"))
     results = [
-        _decide(classifier, own, torch.from_numpy(dataset.transformed.values),
-                torch.from_numpy(dataset.realigned.values), mats, grids, fitted,
+        _decide(classifier, own, on_disk(dataset), mats, grids, fitted,
                 batch_size=batch_size, device=device, progress=progress, what="alignment set")
     ]  # fmt: skip
     described = [str(d) for d in dataset.description.values]
@@ -559,15 +618,19 @@ def recognition_dataset(
     sets = ["alignment"] * own.shape[0]
     if samples > 0:
         extra, extra_described, extra_labels = recognition_images(spec, samples, digits=digits)
-        # transformed a few batches at a time: all of them at once would hold
-        # samples x transforms images twice over (GBs at config/paper.yaml's scale)
-        per = chunk_samples or 4 * batch_size
+        # transformed a few batches at a time, within PASS_BYTES: all of them at once
+        # would hold samples x transforms images twice over (GBs at config/paper.yaml's
+        # scale)
+        image_bytes = 4 * int(extra[0].numel())
+        per = chunk_samples or max(1, min(4 * batch_size,
+                                          PASS_BYTES // (2 * mats.shape[0] * image_bytes)))
         for s0 in tqdm(range(0, samples, per), desc="recognition set", unit="chunk",
                        disable=not progress):  # fmt: skip
             part = extra[s0 : s0 + per]
             moved, back = _transformed(part, mats)
             results.append(
-                _decide(classifier, part.float(), moved.float(), back.float(), mats, grids, None,
+                _decide(classifier, part.float(), in_memory(moved.float(), back.float()), mats,
+                        grids, None,
                         batch_size=batch_size, device=device, progress=False, what="")
             )  # fmt: skip
             del moved, back
