@@ -618,12 +618,13 @@ def recognition_dataset(
     sets = ["alignment"] * own.shape[0]
     if samples > 0:
         extra, extra_described, extra_labels = recognition_images(spec, samples, digits=digits)
-        # transformed a few batches at a time, within PASS_BYTES: all of them at once
-        # would hold samples x transforms images twice over (GBs at config/paper.yaml's
-        # scale)
-        image_bytes = 4 * int(extra[0].numel())
-        per = chunk_samples or max(1, min(4 * batch_size,
-                                          PASS_BYTES // (2 * mats.shape[0] * image_bytes)))
+        # transformed a few samples at a time, within PASS_BYTES: all of them at once
+        # would hold samples x transforms images several times over. Per image,
+        # _transformed holds about 48 bytes an element: the float64 input repeated per
+        # transform, its sampling grid (2 coordinates), the moved and realigned images,
+        # and their float32 copies (32 samples of 55 digits at 128 px peaked at 2.2 GB).
+        per_sample = 48 * mats.shape[0] * int(extra[0].numel())
+        per = chunk_samples or max(1, min(4 * batch_size, PASS_BYTES // per_sample))
         for s0 in tqdm(range(0, samples, per), desc="recognition set", unit="chunk",
                        disable=not progress):  # fmt: skip
             part = extra[s0 : s0 + per]
