@@ -170,6 +170,17 @@ class TestPlantedWarps:
         # more iterations never end worse (up to the float32 inner loss's rounding)
         assert bool((moved.error <= fit.error * (1 + 1e-5)).all())
 
+    def test_prune_stops_starts_that_fall_far_behind(self) -> None:
+        """The coarse level's pruning (fit_affine's ``prune``) stops starts headed for
+        worse minima: fewer iterations, the same recovered warps, and each problem's
+        error that of the fit without it (the kept start may be another of those that
+        reach the same optimum)."""
+        ok, fit, _ = recovery(2, 32)
+        ok_all, full, _ = recovery(2, 32, prune=None)
+        assert bool(ok.all()) and bool(ok_all.all())
+        assert int(fit.iterations.sum()) < int(full.iterations.sum())
+        torch.testing.assert_close(fit.error, full.error, rtol=1e-5, atol=0)
+
     def test_smoke_few(self) -> None:
         ok, fit, _ = recovery(2, 8)
         assert fit.matrix.shape == (8, 2, 3) and fit.matrix.dtype == torch.float64
