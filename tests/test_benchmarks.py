@@ -200,15 +200,15 @@ class TestPaperCost:
             {"rule": "train", "output": "w.pt", "threads": 2, "s": 8.0, "max_rss_mb": 1000.0},
         ]
         scale = {"samples": 10.0, "recognize": 3.0, "stn_seeds": 5.0}
-        startup = pc.project(tmp_path, jobs, scale)
-        assert startup == 3.0  # median of the align (2 s) and features (4 s) start-ups
+        pc.project(tmp_path, jobs, scale)
         paper = {j["rule"]: j["paper_s"] for j in jobs}
-        assert paper == {"align": 2 + 30, "features": 4 + 90, "dataset": 3 + 10,
+        # align and features: start-up (s - compute) + compute x 10; dataset: all x 10
+        assert paper == {"align": 2 + 30, "features": 4 + 90, "dataset": 40,
                          "recognize": 18, "stn_train": 7, "train": 8}
         grants = {"*": {"mem_mb": 2000.0, "runtime": 1.0}}
         result = pc.summarise(jobs, grants)
         assert result["rules"]["stn_train"]["paper_jobs"] == 5
-        job_s = 32 + 94 + 13 + 18 + 5 * 7 + 8
+        job_s = 32 + 94 + 40 + 18 + 5 * 7 + 8
         assert result["job_hours"] == pytest.approx(job_s / 3600)
         assert result["two_core_hours"] == pytest.approx((job_s + 8) / 2 / 3600)
         goals = {g.name: g for g in pc.goals_of(result)}
