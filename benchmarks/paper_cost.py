@@ -39,7 +39,7 @@ the time of a 2-core machine that keeps both cores busy (core-seconds / 2).
 **Goals**: the whole ``config/paper.yaml`` within 3 hours of 2-core compute; every job's
 peak RSS within 2 GiB and within its grant; every job's projected wall time within its
 grant. Writes ``results/benchmarks/paper_cost.json``. Not part of ``make bench`` (about
-an hour on 2 cores)::
+30 minutes on an idle 2-core machine: 1602 s at b5d128b)::
 
     .venv/bin/python benchmarks/paper_cost.py                 # samples 1, recognition 50, 1 seed
     .venv/bin/python benchmarks/paper_cost.py --samples 2 --keep
