@@ -14,7 +14,6 @@ import torch
 import xarray as xr
 import yaml
 
-import featalign.recognition.measure as measure
 from featalign import geometry
 from featalign.check import check_network, smooth_images
 from featalign.config import ConfigError, validate_config
@@ -22,6 +21,7 @@ from featalign.datasets import DatasetSpec, build_dataset
 from featalign.lattice import probe_grid
 from featalign.names import ALIGNMENTS
 from featalign.plugins import PluginError, get_network, load_plugins
+from featalign.recognition import passes
 from featalign.recognition.measure import (
     HEAD_TOL,
     build_classifier,
@@ -295,7 +295,7 @@ class TestKnownAnswers:
     def test_passes_of_a_few_transforms_are_the_same(self, known, monkeypatch):
         """Where one sample's images do not fit PASS_BYTES, its transforms are split."""
         ds, out, (alignments, clf, spec, digits) = known
-        monkeypatch.setattr(measure, "PASS_BYTES", 1)  # one transform a pass
+        monkeypatch.setattr(passes, "PASS_BYTES", 1)  # one transform a pass
         split = recognition_dataset(ds, alignments, clf, spec, samples=4, digits=digits,
                                     progress=False)  # fmt: skip
         for name, var in out.data_vars.items():
@@ -516,12 +516,12 @@ class TestPassShape:
 
     def test_whole_samples_while_they_fit(self):
         # 10 images of 100 bytes fit in 1000: two samples of 1 + 4 images
-        assert measure.pass_shape(100, 4, batch_size=8, budget=1000) == (2, 4)
-        assert measure.pass_shape(100, 4, batch_size=1, budget=1000) == (1, 4)
-        assert measure.pass_shape(1, 4, batch_size=8, budget=10**9) == (8, 4)
+        assert passes.pass_shape(100, 4, batch_size=8, budget=1000) == (2, 4)
+        assert passes.pass_shape(100, 4, batch_size=1, budget=1000) == (1, 4)
+        assert passes.pass_shape(1, 4, batch_size=8, budget=10**9) == (8, 4)
 
     def test_transforms_of_one_sample_when_it_does_not_fit(self):
         # 4 images fit: the sample itself and 3 of its 55 transforms
-        assert measure.pass_shape(100, 55, batch_size=8, budget=400) == (1, 3)
+        assert passes.pass_shape(100, 55, batch_size=8, budget=400) == (1, 3)
         # never less than one transform
-        assert measure.pass_shape(10**9, 55, batch_size=8, budget=400) == (1, 1)
+        assert passes.pass_shape(10**9, 55, batch_size=8, budget=400) == (1, 1)

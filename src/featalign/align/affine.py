@@ -257,7 +257,7 @@ def _gauss_newton_level(
     rtol: float,
     xtol: float,
     keep: int | None = None,
-    prune: float = 2.0,
+    prune: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inverse-compositional Levenberg–Marquardt at one level for K starts per map.
 
@@ -274,7 +274,7 @@ def _gauss_newton_level(
             after every iteration, a start whose loss exceeds ``prune`` × the
             ``keep``-th lowest loss of its map stops (``None``: every start runs to
             convergence). Losses only decrease, so the bound only tightens.
-        prune: the factor of ``keep``.
+        prune: the factor of ``keep`` (needed with it).
 
     Returns:
         (matrix, loss (U, K), iterations (U, K), converged (U, K)); loss is NaN for
@@ -351,7 +351,7 @@ def _gauss_newton_level(
         done = (slot & (small | stuck | (kept <= exact_bound))).view(-1)
         conv.view(-1)[flat[done]] = True
         active.view(-1)[flat[done]] = False
-        if keep is not None:
+        if keep is not None and prune is not None:
             kth = torch.kthvalue(torch.nan_to_num(loss, nan=float("inf")), keep, dim=1).values
             active &= ~(loss > prune * kth[:, None])
     return matrix, loss, iters, conv
@@ -603,7 +603,7 @@ def fit_affine(
                 select = li == 0 and not last and keep < k_count and prune is not None
                 m, loss_l, it_l, conv_l = _gauss_newton_level(
                     maps_l, chunk_target_index, level, m, run, xtol=xt,
-                    keep=keep if select else None, prune=prune or 0.0, **kwargs
+                    keep=keep if select else None, prune=prune, **kwargs
                 )
             else:
                 m, loss_l, it_l, conv_l = _adam_slots(

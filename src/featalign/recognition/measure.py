@@ -53,7 +53,7 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,11 +72,12 @@ from featalign.geometry import Grid
 from featalign.io import make_attrs, read_finite
 from featalign.names import ALIGNMENTS, RECOGNITION_EVALUATION
 from featalign.plugins import NetworkSpec, PluginError
+from featalign.recognition import passes
+from featalign.recognition.passes import Views, in_memory, on_disk, pass_shape
 
 __all__ = [
     "HEAD_TOL",
     "LOGITS_KEY",
-    "PASS_BYTES",
     "Classifier",
     "build_classifier",
     "head_differences",
@@ -352,54 +353,6 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (0.5 * kl(p) + 0.5 * kl(q)).clamp_min(0.0)
 
 
-#: Bytes of feature maps one forward pass of the recognize stage may hold (its images'
-#: maps at every layer, and a layer's warped copies): a batch takes as many samples, or
-#: for one sample as many of its transforms, as fit. At config/paper.yaml's scale (55
-#: transforms at 128 px) a batch of the configured 8 samples held 448 images' maps, and
-#: the job peaked at 6 GB; the batch size then still bounds it from above.
-PASS_BYTES = 256 * 2**20
-
-#: (sample slice, transform slice) -> the transformed and realigned images (b, t, C, n, n).
-Views = Callable[[slice, slice], tuple[torch.Tensor, torch.Tensor]]
-
-
-def in_memory(transformed: torch.Tensor, realigned: torch.Tensor) -> Views:
-    """:data:`Views` of images already in memory."""
-    return lambda sl, tc: (transformed[sl, tc], realigned[sl, tc])
-
-
-def on_disk(dataset: xr.Dataset) -> Views:
-    """:data:`Views` read from a dataset file slice by slice (``open_dataset(lazy=True)``)."""
-
-    def read(sl: slice, tc: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(  # type: ignore[return-value]
-            torch.from_numpy(read_finite(dataset, name, sample=sl, transform=tc))
-            for name in ("transformed", "realigned")
-        )
-
-    return read
-
-
-def pass_shape(per_image: int, transforms: int, batch_size: int,
-               budget: int = PASS_BYTES) -> tuple[int, int]:
-    """Samples and transforms per forward pass within ``budget`` bytes of maps.
-
-    Args:
-        per_image: bytes of maps one image needs (:func:`_decide`'s estimate).
-        transforms: T; a sample brings itself and its T transformed images.
-        batch_size: the most samples per pass (``recognition.batch_size``).
-
-    Returns:
-        (samples, transforms): all T with as many samples as fit (at least one and at
-        most ``batch_size``); where one sample's T + 1 images do not fit, one sample
-        with as many transforms as do (at least one).
-    """
-    images = max(2, budget // max(1, per_image))
-    if images >= transforms + 1:
-        return max(1, min(batch_size, images // (transforms + 1))), transforms
-    return 1, max(1, images - 1)
-
-
 @torch.no_grad()
 def _decide(
     classifier: Classifier,
@@ -415,7 +368,8 @@ def _decide(
     what: str,
 ) -> dict[str, np.ndarray]:
     """Every decision for one sample set, in passes of samples (or of one sample's
-    transforms) whose maps fit :data:`PASS_BYTES` (:func:`pass_shape`).
+    transforms) whose maps fit :data:`~featalign.recognition.passes.PASS_BYTES`
+    (:func:`~featalign.recognition.passes.pass_shape`).
 
     The body (every layer) runs on the reference and transformed images, whose maps the
     warps need. The reference, ``none`` and ``input`` decisions are Γ of an image, so they
@@ -461,8 +415,8 @@ def _decide(
     # an image's maps at every layer, and a layer's warped copies with their temporaries
     sizes = [int(background[k][0].numel()) for k in layers]
     per_image = 4 * (sum(sizes) + 4 * max(sizes))  # float32
-    per_pass, per_t = pass_shape(per_image, t, batch_size)
-    passes = [(slice(a, min(a + per_pass, s)), slice(c, min(c + per_t, t)))
+    per_pass, per_t = pass_shape(per_image, t, batch_size, passes.PASS_BYTES)
+    chunks = [(slice(a, min(a + per_pass, s)), slice(c, min(c + per_t, t)))
               for a in range(0, s, per_pass) for c in range(0, t, per_t)]
 
     def record(
@@ -480,7 +434,7 @@ def _decide(
         )
         out["divergence"][li, ai, sl, tc] = js_divergence(p, ref_p).view(-1, tt).cpu().numpy()
 
-    for sl, tc in tqdm(passes, desc=what, unit="pass", disable=not progress):
+    for sl, tc in tqdm(chunks, desc=what, unit="pass", disable=not progress):
         b, tt = sl.stop - sl.start, tc.stop - tc.start
         transformed, realigned = views(sl, tc)
         x = torch.cat([images[sl], transformed.flatten(0, 1)])
@@ -618,13 +572,13 @@ def recognition_dataset(
     sets = ["alignment"] * own.shape[0]
     if samples > 0:
         extra, extra_described, extra_labels = recognition_images(spec, samples, digits=digits)
-        # transformed a few samples at a time, within PASS_BYTES: all of them at once
+        # transformed a few samples at a time, within passes.PASS_BYTES: all of them at once
         # would hold samples x transforms images several times over. Per image,
         # _transformed holds about 48 bytes an element: the float64 input repeated per
         # transform, its sampling grid (2 coordinates), the moved and realigned images,
         # and their float32 copies (32 samples of 55 digits at 128 px peaked at 2.2 GB).
         per_sample = 48 * mats.shape[0] * int(extra[0].numel())
-        per = chunk_samples or max(1, min(4 * batch_size, PASS_BYTES // per_sample))
+        per = chunk_samples or max(1, min(4 * batch_size, passes.PASS_BYTES // per_sample))
         for s0 in tqdm(range(0, samples, per), desc="recognition set", unit="chunk",
                        disable=not progress):  # fmt: skip
             part = extra[s0 : s0 + per]
