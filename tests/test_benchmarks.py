@@ -184,6 +184,23 @@ class TestPaperCost:
         scale = pc._scale(paper, samples=2, recognition=10, seeds=1)
         assert scale == {"samples": 32.0, "recognize": (64 + 500) / (2 + 10), "stn_seeds": 5.0}
 
+    def test_no_dense_changes_only_the_dense_switch(self) -> None:
+        import yaml
+
+        pc = self.module()
+        paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+        dense = pc.cost_config(paper, samples=1, recognition=5, seeds=1)
+        plain = pc.cost_config(paper, samples=1, recognition=5, seeds=1, dense=False)
+        assert plain["features"]["dense"] is False
+        assert dense.get("features", {}).get("dense", True) is True
+        assert {k: v for k, v in plain.items() if k != "features"} == {
+            k: v for k, v in dense.items() if k != "features"
+        }
+        assert {k: v for k, v in plain["features"].items() if k != "dense"} == {
+            k: v for k, v in dense.get("features", {}).items() if k != "dense"
+        }
+        assert "features" not in paper or paper["features"].get("dense", True)  # untouched
+
     def test_projection_scales_the_computation_not_the_start_up(self, tmp_path: Path) -> None:
         import netCDF4
 
