@@ -193,6 +193,55 @@ def _add_plugins(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_cmd_plugins_nodes)
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from featalign.io import FileError, atomic_path
+    from featalign.summary.compare import DEFAULT_TOL, CompareError, compare_runs
+
+    tol = DEFAULT_TOL if args.tol is None else args.tol
+    try:
+        result = compare_runs(args.old, args.new, tol=tol)
+    except CompareError as exc:
+        raise UserError(str(exc)) from exc
+    print(result.format(), end="")
+    if args.json is not None:
+        try:
+            with atomic_path(args.json) as tmp:
+                tmp.write_text(result.to_json())
+        except (OSError, FileError) as exc:
+            raise UserError(f"cannot write --json {args.json} ({exc}).") from exc
+    return result.exit_code
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="what moved between two runs of the workflow (verdicts, errors, recognition)",
+        description="Compare the tables of two workflow runs, each given as its results "
+        "folder (holding tables/) or its repository root (holding results/tables/): the "
+        "claims of claims.csv (counts, claims in one run only, every changed verdict, changed "
+        "agreements), and per measure the errors of errors.csv (and per alignment the rates "
+        "of recognition.csv where both runs have it) that rose or fell by more than --tol. "
+        "Exit 0 if no verdict changed, 1 if any did, 2 if a folder or table is missing or "
+        "the two runs' tables have different columns.",
+    )
+    p.add_argument("old", metavar="OLD", type=Path, help="the first run (results/ or the root)")
+    p.add_argument("new", metavar="NEW", type=Path, help="the second run, the same way")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="absolute change above which a measurement rose or fell; smaller changes count "
+        "as identical (default 1e-4, featalign.summary.compare.DEFAULT_TOL)",
+    )
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        type=Path,
+        help="also write the comparison to FILE as JSON",
+    )
+    p.set_defaults(func=_cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``featalign`` command.
 
@@ -210,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_plugins(sub)
+    _add_compare(sub)
     return parser
 
 

@@ -35,6 +35,8 @@ Modules, one concept each:
   (read from alignment files) and small table helpers.
 * :mod:`featalign.summary.markdown` — ``claims_summary_markdown`` and
   ``verdict_grid_markdown``.
+* :mod:`featalign.summary.compare` — what moved between two runs' tables
+  (``compare_runs``, the ``featalign compare`` command).
 
 The names below are re-exported here for the workflow script and the tests; library
 code imports from the submodule it uses, so that the workflow's code digests
