@@ -1,0 +1,61 @@
+"""Time per problem of ``fit_affine`` against the CPU chunk size, and what ``merge_px`` saves.
+
+Not part of ``run.py``: it informs a default (``featalign.align.affine.CPU_CHUNK_ELEMENTS``),
+it checks no goal. On the benchmark's known-answer problems (:func:`common.make_problems`,
+256 at 28×28 and 128 at 56×56, the 12 starts ``align_layer`` uses) it runs ``fit_affine``
+with the CPU chunk bound set to 2**25 (the memory bound ``alignment.max_batch_elements``
+allows) down to 2**20 elements, with and without ``merge_px``, in interleaved rounds,
+and prints the median milliseconds per problem and its ratio to 2**25 without merging,
+the configuration before either change. Every configuration must give the same
+matrices (the chunks do not change a fit)::
+
+    .venv/bin/python benchmarks/chunk_sweep.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from bench_optimizer import featalign_starts
+from common import make_problems, set_threads
+
+from featalign.align import affine
+
+SIZES = ((28, 256), (56, 128))
+CHUNKS = (25, 23, 22, 21, 20)
+
+
+def sweep(rounds: int) -> None:
+    set_threads(2)
+    for size, count in SIZES:
+        p = make_problems(count, size)
+        args = (p.sources, p.moving, p.target_index, featalign_starts(size), p.grid, p.mask)
+        affine.fit_affine(*args)  # warm-up
+        times: dict[tuple[int, bool], list[float]] = {}
+        first: dict[bool, torch.Tensor] = {}
+        moved: dict[tuple[int, bool], float] = {}
+        for _ in range(rounds):
+            for log2 in CHUNKS:
+                for merge in (False, True):
+                    affine.CPU_CHUNK_ELEMENTS = 2**log2
+                    t0 = time.perf_counter()
+                    fit = affine.fit_affine(*args, merge_px=0.5 if merge else None)
+                    times.setdefault((log2, merge), []).append(time.perf_counter() - t0)
+                    ref = first.setdefault(merge, fit.matrix)
+                    moved[(log2, merge)] = float((fit.matrix - ref).abs().max())
+        base = statistics.median(times[(25, False)])
+        print(f"{size}x{size}, {count} problems, 12 starts ({rounds} rounds)")
+        for (log2, merge), ts in times.items():
+            med = statistics.median(ts)
+            print(f"  chunk 2**{log2}  merge_px {'0.5 ' if merge else 'None'}"
+                  f"  {1e3 * med / count:7.2f} ms/problem  {med / base:5.2f}x of 2**25 unmerged"
+                  f"  matrices moved by up to {moved[(log2, merge)]:.1e}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    sweep(ap.parse_args().rounds)
