@@ -1,13 +1,13 @@
-"""Time per problem of ``fit_affine`` against the CPU chunk size, and what ``merge_px`` saves.
+"""Time per problem of ``fit_affine`` against the size of its CPU chunks.
 
-Not part of ``run.py``: it informs a default (``featalign.align.affine.CPU_CHUNK_ELEMENTS``),
-it checks no goal. On the benchmark's known-answer problems (:func:`common.make_problems`,
+Not part of ``run.py``: it informs a default (``featalign.align.affine.CPU_CHUNK_ELEMENTS``)
+and checks no goal. On the benchmark's known-answer problems (:func:`common.make_problems`,
 256 at 28×28 and 128 at 56×56, the 12 starts ``align_layer`` uses) it runs ``fit_affine``
-with the CPU chunk bound set to 2**25 (the memory bound ``alignment.max_batch_elements``
-allows) down to 2**20 elements, with and without ``merge_px``, in interleaved rounds,
-and prints the median milliseconds per problem and its ratio to 2**25 without merging,
-the configuration before either change. Every configuration must give the same
-matrices (the chunks do not change a fit)::
+with the CPU chunk bound set to 2**25 (what the memory bound
+``alignment.max_batch_elements`` allows) down to 2**20 elements, in interleaved rounds,
+and prints the median milliseconds per problem, its ratio to 2**25 and how far the
+matrices moved from 2**25's (rounding, where a chunk's edge splits the problems of one
+target)::
 
     .venv/bin/python benchmarks/chunk_sweep.py [--rounds 3]
 """
@@ -34,25 +34,23 @@ def sweep(rounds: int) -> None:
         p = make_problems(count, size)
         args = (p.sources, p.moving, p.target_index, featalign_starts(size), p.grid, p.mask)
         affine.fit_affine(*args)  # warm-up
-        times: dict[tuple[int, bool], list[float]] = {}
-        first: dict[bool, torch.Tensor] = {}
-        moved: dict[tuple[int, bool], float] = {}
+        times: dict[int, list[float]] = {}
+        moved: dict[int, float] = {}
+        ref: torch.Tensor | None = None
         for _ in range(rounds):
             for log2 in CHUNKS:
-                for merge in (False, True):
-                    affine.CPU_CHUNK_ELEMENTS = 2**log2
-                    t0 = time.perf_counter()
-                    fit = affine.fit_affine(*args, merge_px=0.5 if merge else None)
-                    times.setdefault((log2, merge), []).append(time.perf_counter() - t0)
-                    ref = first.setdefault(merge, fit.matrix)
-                    moved[(log2, merge)] = float((fit.matrix - ref).abs().max())
-        base = statistics.median(times[(25, False)])
+                affine.CPU_CHUNK_ELEMENTS = 2**log2
+                t0 = time.perf_counter()
+                fit = affine.fit_affine(*args)
+                times.setdefault(log2, []).append(time.perf_counter() - t0)
+                ref = fit.matrix if ref is None else ref
+                moved[log2] = float((fit.matrix - ref).abs().max())
+        base = statistics.median(times[25])
         print(f"{size}x{size}, {count} problems, 12 starts ({rounds} rounds)")
-        for (log2, merge), ts in times.items():
+        for log2, ts in times.items():
             med = statistics.median(ts)
-            print(f"  chunk 2**{log2}  merge_px {'0.5 ' if merge else 'None'}"
-                  f"  {1e3 * med / count:7.2f} ms/problem  {med / base:5.2f}x of 2**25 unmerged"
-                  f"  matrices moved by up to {moved[(log2, merge)]:.1e}")
+            print(f"  chunk 2**{log2}  {1e3 * med / count:7.2f} ms/problem  {med / base:5.2f}x"
+                  f" of 2**25  matrices moved by up to {moved[log2]:.1e}")
 
 
 if __name__ == "__main__":

@@ -181,19 +181,6 @@ class TestPlantedWarps:
         assert int(fit.iterations.sum()) < int(full.iterations.sum())
         torch.testing.assert_close(fit.error, full.error, rtol=1e-5, atol=0)
 
-    def test_starts_that_reached_one_optimum_are_refined_once(self) -> None:
-        """fit_affine's ``merge_px``: of the starts selected after the coarsest level,
-        those that reached where a better one did are not refined again. Less work at
-        full resolution, the same recovered warps, each problem's error that of the fit
-        that refines them all to the optimiser's tolerance (the dropped start would have
-        stopped near, not at, the same point: measured 1.6e-5 relative at most)."""
-        ok, fit, _ = recovery(2, 32)
-        ok_all, full, _ = recovery(2, 32, merge_px=None)
-        assert bool(ok.all()) and bool(ok_all.all())
-        assert int(fit.start_iterations.sum()) < int(full.start_iterations.sum())
-        print("relative error change", float(((fit.error - full.error) / full.error).abs().max()))
-        torch.testing.assert_close(fit.error, full.error, rtol=1e-4, atol=0)
-
     def test_smoke_few(self) -> None:
         ok, fit, _ = recovery(2, 8)
         assert fit.matrix.shape == (8, 2, 3) and fit.matrix.dtype == torch.float64
@@ -511,12 +498,9 @@ class TestAlignLayer:
         whole = align_layer(target, moving, realigned, gs, grid, **kwargs)
         chunked = align_layer(target, moving, realigned, gs, grid, max_batch_elements=4096,
                               **kwargs)
-        # a chunk of one problem splits the problems of a target, so the products over
-        # that target's rows change shape and last bits: rounding, carried through the
-        # iterations (1.3e-8 px measured with merge_px, whose fewer slots change shapes more)
         torch.testing.assert_close(chunked.errors, whole.errors, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(chunked.affine_matrix, whole.affine_matrix, rtol=1e-6,
-                                   atol=1e-7)
+                                   atol=1e-8)
 
     def test_realigned_at_the_region_only(self) -> None:
         """The input measure reads Γ(T_g⁻¹ T_g f) only at R: its values there

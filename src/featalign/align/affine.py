@@ -33,7 +33,7 @@ from featalign.align.measures import (
     _sum_sq_in_dtype,
 )
 from featalign.align.pyramid import _gaussian_blur, _pyramid_sigmas, coarse_grid, reduce
-from featalign.geometry import Grid, check_shape, compose, invert
+from featalign.geometry import Grid, check_shape, compose
 
 __all__ = ["AffineFit", "fit_affine"]
 
@@ -51,8 +51,6 @@ class AffineFit:
         converged: (P,) bool, whether the winning start met the tolerances at the last level.
         start: (P,) int64, index of the winning start.
         start_error: (P, K) float64, final error of every start.
-        start_iterations: (P, K) int64, Gauss–Newton (or Adam) iterations of every start
-            over all levels, the polish not counted: the work the fit spent on it.
         seconds: wall time of the fit.
     """
 
@@ -62,7 +60,6 @@ class AffineFit:
     converged: torch.Tensor
     start: torch.Tensor
     start_error: torch.Tensor
-    start_iterations: torch.Tensor
     seconds: float
 
 
@@ -70,13 +67,12 @@ class AffineFit:
 #: MiB), whatever ``max_batch_elements`` allows: a chunk whose maps and samples stay
 #: near the size of the processor's last-level cache is refined faster per problem than
 #: a larger one. Measured with ``.venv/bin/python benchmarks/chunk_sweep.py`` on the
-#: benchmark's 12-start problems (2 threads, AMD EPYC with a 32 MiB L3, 2026-12-01):
-#: 2**23 took 0.62x (28 px) and 0.74x (56 px) the time per problem of 2**25, 2**22
-#: 0.70x and 0.95x, 2**20 1.21x and 1.74x. Where a chunk's edge splits the problems of
-#: one target, the products over that target's rows change shape and their last bits:
-#: the matrices then move by rounding (up to 2e-5 px in that sweep). The workflow's
-#: align jobs hold whole samples, all of whose problems share one target. On a GPU the
-#: chunks stay as large as allowed.
+#: benchmark's 12-start problems (2 threads, AMD EPYC with a 32 MiB L3, 2026-12-01, two
+#: runs): 2**23 took 0.62x and 0.71x (28 px), 0.74x and 0.84x (56 px) the time per
+#: problem of 2**25; 2**22 0.70-0.73x and 0.91-0.95x; 2**20 1.16-1.21x and 1.42-1.74x.
+#: Where a chunk's edge splits the problems of one target, the products over that
+#: target's rows change shape and their last bits: the matrices then move by rounding
+#: (up to 2e-5 px in that sweep). On a GPU the chunks stay as large as allowed.
 CPU_CHUNK_ELEMENTS = 2**23
 
 
@@ -101,45 +97,6 @@ def _delta_to_pixels(p: torch.Tensor, half_extent: float) -> torch.Tensor:
 def _valid_matrix(m: torch.Tensor) -> torch.Tensor:
     det = m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
     return torch.isfinite(m).all(-1).all(-1) & (det.abs() > 1e-3) & (det.abs() < 1e3)
-
-
-def _same_optimum(
-    matrix: torch.Tensor, kept: torch.Tensor, radius: float, tol: float
-) -> torch.Tensor:
-    """The kept starts that another kept start of the same problem has already reached.
-
-    Start j duplicates a kept start i < j (that is not a duplicate itself) when their
-    sampling positions differ by at most ``tol`` image pixels anywhere on R, bounded by
-    ‖ΔA‖_F · ``radius`` + ‖Δb‖ for the maps' positions ``invert(matrix)`` (R lies within
-    ``radius`` of the centre). The lower index is kept, not the lower loss: starts that
-    reached one optimum have losses equal up to rounding, and rounding (which differs
-    with the chunk a problem is fitted in) must not decide which of them goes on.
-
-    Args:
-        matrix: (P, K, 2, 3) ``tgt_from_src`` in centred image pixels.
-        kept: (P, K) boolean, the starts selected to go on.
-        radius: the largest distance of a point of R from the centre, in image pixels.
-        tol: image pixels.
-
-    Returns:
-        (P, K) boolean, True for the kept starts to drop.
-
-    Example:
-        >>> m = torch.eye(2, 3, dtype=torch.float64).expand(1, 3, 2, 3).clone()
-        >>> m[0, 2, 0, 2] = 5.0  # a shift of 5 px: another optimum
-        >>> m[0, 1, 0, 2] = 0.1  # 0.1 px from start 0
-        >>> _same_optimum(m, torch.ones(1, 3, dtype=torch.bool), 10.0, 0.5).tolist()
-        [[False, True, False]]
-    """
-    pos = invert(matrix.reshape(-1, 2, 3)).view_as(matrix)
-    da = pos[:, :, None, :, :2] - pos[:, None, :, :, :2]  # (P, K, K, 2, 2)
-    db = pos[:, :, None, :, 2] - pos[:, None, :, :, 2]
-    near = da.flatten(-2).norm(dim=-1) * radius + db.norm(dim=-1) <= tol  # (P, K, K)
-    drop = torch.zeros_like(kept)
-    for j in range(1, kept.shape[1]):  # each start against the lower ones still kept
-        earlier = kept[:, :j] & ~drop[:, :j]
-        drop[:, j] = kept[:, j] & (near[:, j, :j] & earlier).any(1)
-    return drop
 
 
 # --------------------------------------------------------------------------- levels and slots
@@ -517,7 +474,6 @@ def fit_affine(
     adam_lr: float = 0.01,
     keep_starts: int | None = 3,
     prune: float | None = 4.0,
-    merge_px: float | None = 0.5,
     polish_iter: int = 10,
     max_batch_elements: int = 2**25,
     progress: bool = False,
@@ -578,14 +534,6 @@ def fit_affine(
             have to lose three quarters of its loss to still be selected. Starts that
             reach the same optimum as the selected ones may then be replaced by another
             of them (the fit's ``start`` changes, its error does not).
-        merge_px: of the starts selected after the coarsest level, one whose warp reads
-            every point of R within ``merge_px`` feature pixels of where another selected
-            start (of lower index) reads it has reached the same optimum: it is dropped
-            (reported as an unselected start) instead of being refined a second time at
-            full resolution (``None``: keep them all). The errors equal those of the fit
-            without merging to the optimiser's tolerance (1.6e-5 relative at most on
-            planted warps); on the benchmark's 12-start problems it saved 11-17 % of the
-            time (``benchmarks/chunk_sweep.py``).
         polish_iter: Adam steps (autograd's gradient, learning rate ``adam_lr / 10``) on each
             problem's winner at full resolution, after Gauss–Newton (0: none). Bilinear
             sampling makes the loss kinked at the sub-pixel scale, which Gauss–Newton's
@@ -623,7 +571,6 @@ def fit_affine(
     target_index = target_index.to(torch.int64).cpu()
     all_starts = starts.to(torch.float64).cpu()
     keep = k_count if keep_starts is None else max(1, min(int(keep_starts), k_count))
-    radius = float(full.pts.centred.norm(dim=1).max()) if full.pts.centred.numel() else 0.0
 
     # chunks of whole problems: their maps plus the samples of their busiest level
     n_full = full.pts.flat.numel()
@@ -687,8 +634,6 @@ def fit_affine(
                 coarse = torch.nan_to_num(loss, nan=float("inf"))
                 best_k = torch.topk(coarse, keep, dim=1, largest=False).indices
                 run = torch.zeros_like(run).scatter_(1, best_k, True)
-                if merge_px is not None:
-                    run &= ~_same_optimum(m, run, radius, merge_px * grid.stride)
                 m = torch.where(run[..., None, None], m, m0)
                 loss = torch.where(run, loss, loss0)
                 conv = conv & run
@@ -738,6 +683,5 @@ def fit_affine(
         converged=out_conv[pick, best],
         start=best,
         start_error=err,
-        start_iterations=out_it,
         seconds=time.perf_counter() - t0,
     )
