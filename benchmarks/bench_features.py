@@ -28,7 +28,16 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 import yaml
-from common import ROOT, Goal, paired_ratio, run_standalone, set_threads, smooth_fields, write_json
+from common import (
+    ROOT,
+    Goal,
+    paired_ratio,
+    run_standalone,
+    seconds_of,
+    set_threads,
+    smooth_fields,
+    write_json,
+)
 
 from featalign.extractor import build_extractor
 from featalign.forward import chain_of_stages, dense_plain, forward_all, padding_for
@@ -83,11 +92,7 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
         def go() -> float:
             # the images again and again until `least` seconds: one pass over 64 images
             # takes 30-50 ms, so a burst of load could decide a ratio
-            calls, total = 0, 0.0
-            while calls == 0 or total < least:
-                total += run(bs)
-                calls += 1
-            seconds[label].append(total / calls)
+            seconds[label].append(seconds_of(lambda: run(bs), least)())
             return seconds[label][-1]
 
         return go

@@ -30,8 +30,8 @@ Times are wall seconds per problem. After a small untimed warm-up and a first pa
 peers' learning-rate trial), every method is timed in 3 back-to-back passes (the order
 reversed on every other pass; in each, a method runs again and again until 1 s has
 passed, and its time is the mean over those calls); pass i of a peer over pass i of
-featalign is one paired ratio, and a speed-up goal is met only when the whole range of its 3 ratios meets it
-(``common.Ratio``). Raised goals (issue 16): ≥ 5× batched torchreg with the 12 starts at
+featalign is one paired ratio, and a speed-up goal is met only when the whole range of
+its 3 ratios meets it (``common.Ratio``). Raised goals (issue 16): ≥ 5× batched torchreg with the 12 starts at
 every size, ≥ 30× kornia at 56×56 with the 12 starts; 20× kornia and 2× torchreg
 otherwise. featalign runs
 all problems (full: 256 at 28×28, 128 at 56×56; quick: 64 at 28×28); the peers run on
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +61,7 @@ from common import (
     matrix_rms_pixels,
     run_standalone,
     set_threads,
+    time_call,
     write_json,
 )
 
@@ -253,13 +253,10 @@ def _measure(
     whose call takes 0.1 s and one whose call takes 1 s are timed over spans of the same
     order, and a burst of load of a few tens of milliseconds cannot decide a ratio.
     """
-    calls, seconds = 0, 0.0
-    while calls == 0 or seconds < min_seconds:
-        t0 = time.perf_counter()
-        matrix = fn(problems)
-        seconds += time.perf_counter() - t0
-        calls += 1
-    seconds /= calls
+    last: dict[str, torch.Tensor] = {}
+    timed = time_call(lambda: last.update(matrix=fn(problems)), repeats=1, warmup=0,
+                      min_seconds=min_seconds)
+    seconds, calls, matrix = timed["median"], timed["calls"][0], last["matrix"]
     err = final_error(problems.moving, problems.target, matrix, problems.grid, problems.mask)
     rms = matrix_rms_pixels(matrix, problems.answer, problems.mask)
     out = {

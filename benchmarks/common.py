@@ -336,11 +336,13 @@ def time_call(
     the timer.
 
     Returns:
-        {"median": s, "min": s, "samples": [...]} in seconds per call.
+        {"median": s, "min": s, "samples": [...]} in seconds per call, and "calls":
+        [...], the calls each sample took.
     """
     for _ in range(warmup):
         fn()
     samples: list[float] = []
+    counts: list[int] = []
     for _ in range(repeats):
         calls = 0
         t0 = time.perf_counter()
@@ -351,7 +353,9 @@ def time_call(
             if dt >= min_seconds:
                 break
         samples.append(dt / calls)
-    return {"median": statistics.median(samples), "min": min(samples), "samples": samples}
+        counts.append(calls)
+    return {"median": statistics.median(samples), "min": min(samples), "samples": samples,
+            "calls": counts}
 
 
 @dataclass(frozen=True)
