@@ -332,6 +332,7 @@ def run_size(
     for name in runs:
         methods[name]["seconds_per_problem_samples"] = [methods[name]["seconds_per_problem"]]
         methods[name]["paired_seconds_per_problem"] = []
+        methods[name]["paired_calls"] = []
     # timing passes of every method back to back (PASSES of them; the order reversed on
     # every other pass): pass i of a peer and pass i of featalign make one paired ratio
     # (common.Ratio), so a burst of load on a shared machine moves both sides of a pair
@@ -345,6 +346,7 @@ def run_size(
             m = methods[name]
             m["seconds_per_problem_samples"].append(again["seconds_per_problem"])
             m["paired_seconds_per_problem"].append(again["seconds_per_problem"])
+            m["paired_calls"].append(again["calls"])
             m["seconds_per_problem"] = statistics.median(m["paired_seconds_per_problem"])
     return {"size": size, "floor": floor, "methods": methods}
 
