@@ -53,6 +53,7 @@ from featalign.geometry import (
     translation,
     warp,
 )
+from featalign.runtime import reuse_freed_memory
 
 __all__ = [
     "RESULTS",
@@ -78,8 +79,11 @@ RESULTS = ROOT / "results" / "benchmarks"
 
 
 def set_threads(n: int = 2) -> None:
-    """Use ``n`` torch threads (the benchmarks are sized for a 2-core machine)."""
+    """Use ``n`` torch threads (the benchmarks are sized for a 2-core machine), and the
+    allocator settings of every workflow job (:func:`featalign.runtime.reuse_freed_memory`),
+    which featalign and its peers then share."""
     torch.set_num_threads(n)
+    reuse_freed_memory()
 
 
 # --------------------------------------------------------------------------- problems

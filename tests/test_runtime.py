@@ -142,3 +142,55 @@ def test_resolve_device_cpu() -> None:
     assert resolve_device("cpu") == CPU
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         resolve_device("tpu")
+
+
+# A fresh process: the allocator's settings are per process and cannot be undone.
+FAULTS_SCRIPT = """
+import resource, sys
+import torch
+from featalign.runtime import reuse_freed_memory
+
+def faults_per_block():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.ones(8 * 2**20, dtype=torch.float64).sum()  # a 64 MiB temporary, freed
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
+
+default = faults_per_block()
+took = reuse_freed_memory()
+faults_per_block()  # the heap grows once
+print(default, took, faults_per_block())
+"""
+
+
+def _faults(env: dict[str, str] | None = None) -> tuple[float, str, float]:
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_SCRIPT],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return float(out[0]), out[1], float(out[2])
+
+
+@pytest.mark.skipif(
+    __import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator settings"
+)
+class TestReuseFreedMemory:
+    def test_freed_blocks_are_reused_instead_of_faulted_in_again(self) -> None:
+        default, took, reused = _faults()
+        pages = 64 * 2**20 / 4096
+        assert took == "True"
+        # glibc's default maps a 64 MiB block afresh every time: a fault per page
+        assert default > 0.9 * pages
+        # once reused, the pages are there already
+        assert reused < 0.01 * pages
+
+    def test_a_users_own_setting_is_left_alone(self) -> None:
+        _, took, _ = _faults({"MALLOC_MMAP_THRESHOLD_": str(2**20)})
+        assert took == "False"
