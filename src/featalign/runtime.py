@@ -104,9 +104,12 @@ def log_to(path: str, threads: int | None = None) -> None:
 #: glibc's ``mallopt`` parameters (``malloc.h``).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-#: Blocks up to this many bytes come from the allocator's heap and are reused once freed
-#: (:func:`reuse_freed_memory`); larger ones are still mapped and unmapped one by one.
-HEAP_BLOCK_LIMIT = 256 * 2**20
+#: Blocks below this many bytes come from the allocator's heap and are reused once freed
+#: (:func:`reuse_freed_memory`); larger ones are still mapped and unmapped one by one. The
+#: affine fit's chunks (at most 2**23 elements on the CPU) stay below it; 256 MiB was no
+#: faster in the optimizer benchmark. Either raised the peak of the default run's digits
+#: recognize job (1314 MB with glibc's default; 1658 MB at 64 MiB, 1597-1760 MB at 256).
+HEAP_BLOCK_LIMIT = 64 * 2**20
 #: The environment variables and tunables by which a user sets glibc's thresholds: where
 #: one is set, :func:`reuse_freed_memory` leaves the allocator as the user set it.
 _MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -120,13 +123,15 @@ def reuse_freed_memory(limit: int = HEAP_BLOCK_LIMIT) -> bool:
     allocates a temporary of tens of MB per iteration (a batch of feature maps, a chunk of
     the affine fit's resampled maps) pays a page fault for every 4 KiB of it, every time.
     Five 3×3 convolutions on (8, 64, 80, 80) took 22156 page faults and 70 ms per call; with
-    the thresholds set here, none and 46 ms. The affine fit of the optimizer benchmark
-    (64 problems, 28 px, 12 starts) went from 3.4 to 2.5 ms per problem.
+    the thresholds set here, none and 46 ms. The affine fit of the optimizer benchmark (64
+    problems, 28 px, 12 starts) took 2.0-2.5 ms per problem with a threshold of 64 MiB or
+    more, against 2.7-3.4 ms with glibc's own (2026-12-01, benchmarks/run.py --quick).
 
     Sets glibc's mmap threshold to ``limit`` and its trim threshold to twice that (so the
-    top of the heap is returned to the system only beyond it). The peak memory stays that
-    of the largest live blocks: freed blocks are kept only to be reused. Results do not
-    change (the arithmetic is the same; only where the memory lies).
+    top of the heap is returned to the system only beyond it). Freed blocks are kept to be
+    reused, which can raise a job's peak where blocks of many sizes fragment the heap
+    (:data:`HEAP_BLOCK_LIMIT`). Results do not change: the arithmetic is the same, only
+    where the memory lies (the default run's tables were identical, ``featalign compare``).
 
     Returns:
         Whether the thresholds were set: not off glibc (macOS, musl), and not where the
