@@ -66,7 +66,7 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
     """Run benchmark 4, write ``results/benchmarks/features.json`` and return its goals."""
     set_threads(2)
     count = 32 if tiny else 64 if quick else 256
-    repeats = 1 if tiny else 5
+    repeats = 1 if tiny else 9  # common.Ratio: a 96 % interval of the median
     size, pad, batch = 64, 8, configured_batch_size()
     print(f"[features] vgg_random, {count} images 3x{size}x{size}, batch {batch} vs 1", flush=True)
     spec = get_network("vgg_random")
@@ -112,7 +112,10 @@ def main(quick: bool = False, tiny: bool = False) -> list[Goal]:
         "speedup_ratios": list(speedup.samples),
     }
     goals = [speedup.goal(f"feature extraction speed-up, batch {batch} vs batch 1", f">= {TARGET:g}x")]
-    staged, staged_payload = stage_by_stage(images[..., pad:-pad, pad:-pad], batch, repeats)
+    # 5 repeats (the range): plain shift-and-stitch takes seconds a call, and the goal's
+    # margin is wide
+    staged, staged_payload = stage_by_stage(images[..., pad:-pad, pad:-pad], batch,
+                                            min(repeats, 5))
     payload["stage_by_stage"] = staged_payload
     goals.append(staged)
     write_json(NAME, payload, goals, quick or tiny)

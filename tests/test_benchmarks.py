@@ -109,6 +109,25 @@ class TestCommon:
         # the exact answer leaves only the resampling floor
         assert float(pr.floor.max()) < 1e-2
 
+    def test_ratio_interval_is_the_medians_confidence_interval(self) -> None:
+        import math
+
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from common import Ratio, median_interval_rank
+
+        for n in range(1, 40):
+            k = median_interval_rank(n)
+            cover = lambda r: 1 - 2 * sum(math.comb(n, i) for i in range(r)) / 2**n  # noqa: E731
+            # the largest rank whose interval covers the median with >= 90 %, at least 1
+            assert k == 1 or cover(k) >= 0.9
+            assert k + 1 > (n + 1) // 2 or cover(k + 1) < 0.9
+        assert median_interval_rank(9) == 2 and median_interval_rank(5) == 1
+        # three ratios: the range; nine: one outlier on either side does not count
+        assert (Ratio((2.0, 1.0, 3.0)).low, Ratio((2.0, 1.0, 3.0)).high) == (1.0, 3.0)
+        nine = Ratio((2.0, 0.5, 2.1, 1.9, 2.2, 2.0, 1.8, 2.3, 9.0))
+        assert (nine.low, nine.high) == (1.8, 2.3)
+        assert nine.meets(">= 1.5x") and not nine.meets(">= 1.9x")
+
     def test_goal_line_format(self) -> None:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from common import goal_line
