@@ -72,7 +72,11 @@ class AffineFit:
 #: problem of 2**25; 2**22 0.70-0.73x and 0.91-0.95x; 2**20 1.16-1.21x and 1.42-1.74x.
 #: Where a chunk's edge splits the problems of one target, the products over that
 #: target's rows change shape and their last bits: the matrices then move by rounding
-#: (up to 2e-5 px in that sweep). On a GPU the chunks stay as large as allowed.
+#: (up to 2e-5 px in that sweep). On a GPU the chunks stay as large as allowed. That
+#: sweep ran before jobs and benchmarks reused freed memory
+#: (:func:`featalign.runtime.reuse_freed_memory`): glibc then mapped every block above
+#: 32 MiB afresh, which 2**23 float32 elements do not pass, so page faults, not the cache
+#: alone, may explain the larger chunks' cost (not remeasured).
 CPU_CHUNK_ELEMENTS = 2**23
 
 
