@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from featalign.align.adam import Adam
+from featalign.align.affine import CPU_CHUNK_ELEMENTS
 from featalign.align.measures import (
     _affine_positions,
     _at,
@@ -82,7 +83,8 @@ def fit_dense(
         smoothness: weight of the smoothness penalty.
         steps: Adam steps.
         lr: Adam's learning rate in feature pixels.
-        max_batch_elements: bound on P × C × h × w per chunk.
+        max_batch_elements: bound on P × C × h × w per chunk; on the CPU at most
+            :data:`~featalign.align.affine.CPU_CHUNK_ELEMENTS`.
         progress: tqdm bar over chunks.
 
     Returns:
@@ -102,7 +104,10 @@ def fit_dense(
     tv = _at(target, pts)
     denom = _denominator(tv)
     stride = float(grid.stride)
-    per = max(1, int(max_batch_elements) // max(1, dims["C"] * dims["h"] * dims["w"]))
+    budget = int(max_batch_elements)
+    if moving.device.type == "cpu":  # as the affine fit's chunks, for the same reason
+        budget = min(budget, CPU_CHUNK_ELEMENTS)
+    per = max(1, budget // max(1, dims["C"] * dims["h"] * dims["w"]))
     errors = torch.empty(p_count, dtype=torch.float64)
     rms = torch.zeros(p_count, dtype=torch.float64)
     controls = torch.zeros(p_count, 2, grid_size, grid_size, dtype=torch.float64)
