@@ -9,7 +9,12 @@ and prints the median milliseconds per problem, its ratio to 2**25 and how far t
 matrices moved from 2**25's (rounding, where a chunk's edge splits the problems of one
 target)::
 
-    .venv/bin/python benchmarks/chunk_sweep.py [--rounds 3]
+    .venv/bin/python benchmarks/chunk_sweep.py [--rounds 3] [--dense]
+
+``--dense`` sweeps the dense measure's fit (``featalign.align.dense.fit_dense``, which keeps
+the same CPU bound) instead, on maps shaped like config/paper.yaml's stride-8 dense maps:
+55 problems (one sample's transforms) of 128 channels at 104 × 104 against one target,
+smooth random fields (σ = 2 px), R a disk of 0.3 × 104 px, from the identity.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import time
 
 import torch
 from bench_optimizer import featalign_starts
-from common import make_problems, set_threads
+from common import make_problems, set_threads, smooth_fields
 
-from featalign.align import affine
+from featalign.align import affine, dense
+from featalign.align.measures import region_mask
+from featalign.geometry import Grid
 
 SIZES = ((28, 256), (56, 128))
 CHUNKS = (25, 23, 22, 21, 20)
@@ -53,7 +60,41 @@ def sweep(rounds: int) -> None:
                   f" of 2**25  matrices moved by up to {moved[log2]:.1e}")
 
 
+def sweep_dense(rounds: int, count: int = 55, channels: int = 128, size: int = 104) -> None:
+    set_threads(2)
+    gen = torch.Generator().manual_seed(0)
+    target = smooth_fields(1, channels, size, 2.0, gen)
+    moving = smooth_fields(count, channels, size, 2.0, gen)
+    grid = Grid(size, size)
+    args = (target, moving, torch.zeros(count, dtype=torch.int64),
+            torch.eye(2, 3, dtype=torch.float64).expand(count, 2, 3).clone(), grid,
+            region_mask(grid, 0.3 * size))
+    dense.fit_dense(*args, steps=2)  # warm-up
+    times: dict[int, list[float]] = {}
+    moved: dict[int, float] = {}
+    ref: torch.Tensor | None = None
+    for _ in range(rounds):
+        for log2 in CHUNKS:
+            dense.CPU_CHUNK_ELEMENTS = 2**log2
+            t0 = time.perf_counter()
+            fit = dense.fit_dense(*args, max_batch_elements=2**25)
+            times.setdefault(log2, []).append(time.perf_counter() - t0)
+            ref = fit.error if ref is None else ref
+            moved[log2] = float(((fit.error - ref).abs() / ref).max())
+    base = statistics.median(times[25])
+    print(f"dense fit: {count} problems, {channels} channels, {size}x{size} ({rounds} rounds)")
+    for log2, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  chunk 2**{log2}  {med:6.2f} s  {med / base:5.2f}x of 2**25"
+              f"  errors moved by up to {moved[log2]:.1e} (relative)")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    sweep(ap.parse_args().rounds)
+    ap.add_argument("--dense", action="store_true", help="sweep the dense measure's fit")
+    a = ap.parse_args()
+    if a.dense:
+        sweep_dense(a.rounds)
+    else:
+        sweep(a.rounds)

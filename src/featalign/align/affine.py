@@ -79,8 +79,9 @@ class AffineFit:
 #: alone, may explain the larger chunks' cost (not remeasured). The dense measure's fit
 #: (:func:`featalign.align.dense.fit_dense`) keeps the same bound: with the allocator's
 #: reuse, on 55 problems of 128 channels at 104 × 104 (config/paper.yaml's stride-8 dense
-#: maps), 60 Adam steps took 5.3 s at 2**23 against 7.2-7.7 s at 2**25 (two rounds,
-#: the errors identical); 2**21 took 6.1 s.
+#: maps; ``benchmarks/chunk_sweep.py --dense --rounds 2``, 2026-12-01), 60 Adam steps took
+#: 11.8 s at 2**23 against 16.1 s at 2**25 (0.74x); 2**22 0.76x, 2**21 0.87x, 2**20
+#: 1.02x; the errors moved by at most 2e-7 (relative).
 CPU_CHUNK_ELEMENTS = 2**23
 
 
