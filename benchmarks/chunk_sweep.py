@@ -9,12 +9,14 @@ and prints the median milliseconds per problem, its ratio to 2**25 and how far t
 matrices moved from 2**25's (rounding, where a chunk's edge splits the problems of one
 target)::
 
-    .venv/bin/python benchmarks/chunk_sweep.py [--rounds 3] [--dense]
+    .venv/bin/python benchmarks/chunk_sweep.py [--rounds 3] [--dense [--method adam]]
 
 ``--dense`` sweeps the dense measure's fit (``featalign.align.dense.fit_dense``, which keeps
 the same CPU bound) instead, on maps shaped like config/paper.yaml's stride-8 dense maps:
 55 problems (one sample's transforms) of 128 channels at 104 × 104 against one target,
-smooth random fields (σ = 2 px), R a disk of 0.3 × 104 px, from the identity.
+smooth random fields (σ = 2 px), R a disk of 0.3 × 104 px, from the identity, with its
+default method (60 Adam steps; ``--method gauss_newton``: 20 Levenberg–Marquardt
+iterations).
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ def sweep(rounds: int) -> None:
                   f" of 2**25  matrices moved by up to {moved[log2]:.1e}")
 
 
-def sweep_dense(rounds: int, count: int = 55, channels: int = 128, size: int = 104) -> None:
+def sweep_dense(
+    rounds: int, method: str, count: int = 55, channels: int = 128, size: int = 104
+) -> None:
     set_threads(2)
     gen = torch.Generator().manual_seed(0)
     target = smooth_fields(1, channels, size, 2.0, gen)
@@ -69,7 +73,8 @@ def sweep_dense(rounds: int, count: int = 55, channels: int = 128, size: int = 1
     args = (target, moving, torch.zeros(count, dtype=torch.int64),
             torch.eye(2, 3, dtype=torch.float64).expand(count, 2, 3).clone(), grid,
             region_mask(grid, 0.3 * size))
-    dense.fit_dense(*args, steps=2)  # warm-up
+    kwargs = {"method": method, "steps": 60 if method == "adam" else 20}
+    dense.fit_dense(*args, steps=2, method=method)  # warm-up
     times: dict[int, list[float]] = {}
     moved: dict[int, float] = {}
     ref: torch.Tensor | None = None
@@ -77,12 +82,13 @@ def sweep_dense(rounds: int, count: int = 55, channels: int = 128, size: int = 1
         for log2 in CHUNKS:
             dense.CPU_CHUNK_ELEMENTS = 2**log2
             t0 = time.perf_counter()
-            fit = dense.fit_dense(*args, max_batch_elements=2**25)
+            fit = dense.fit_dense(*args, max_batch_elements=2**25, **kwargs)
             times.setdefault(log2, []).append(time.perf_counter() - t0)
             ref = fit.error if ref is None else ref
             moved[log2] = float(((fit.error - ref).abs() / ref).max())
     base = statistics.median(times[25])
-    print(f"dense fit: {count} problems, {channels} channels, {size}x{size} ({rounds} rounds)")
+    print(f"dense fit ({method}): {count} problems, {channels} channels, {size}x{size}"
+          f" ({rounds} rounds)")
     for log2, ts in times.items():
         med = statistics.median(ts)
         print(f"  chunk 2**{log2}  {med:6.2f} s  {med / base:5.2f}x of 2**25"
@@ -93,8 +99,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dense", action="store_true", help="sweep the dense measure's fit")
+    ap.add_argument("--method", choices=dense.DENSE_METHODS, default=dense.DENSE_METHODS[0],
+                    help="the dense fit's method (with --dense)")
     a = ap.parse_args()
     if a.dense:
-        sweep_dense(a.rounds)
+        sweep_dense(a.rounds, a.method)
     else:
         sweep(a.rounds)

@@ -303,6 +303,7 @@ def _align(
                     method=str(opts["method"]),
                     dense_grid=int(opts["dense_grid"]),
                     dense_smoothness=float(opts["dense_smoothness"]),
+                    dense_method=str(opts["dense_method"]),
                     dense_steps=int(opts["dense_steps"]),
                     ridge=float(opts["ridge"]),
                     seed=seed,

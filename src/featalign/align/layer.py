@@ -42,6 +42,7 @@ ALIGNMENT_DEFAULTS: dict[str, Any] = {
     "starts_per_family": 4,
     "dense_grid": 6,
     "dense_smoothness": 1e-3,
+    "dense_method": "adam",
     "dense_steps": 60,
     "ridge": 1e-3,
     "max_batch_elements": 2**25,
@@ -189,6 +190,7 @@ def align_layer(
     method: str = ALIGNMENT_DEFAULTS["method"],
     dense_grid: int = ALIGNMENT_DEFAULTS["dense_grid"],
     dense_smoothness: float = ALIGNMENT_DEFAULTS["dense_smoothness"],
+    dense_method: str = ALIGNMENT_DEFAULTS["dense_method"],
     dense_steps: int = ALIGNMENT_DEFAULTS["dense_steps"],
     ridge: float = ALIGNMENT_DEFAULTS["ridge"],
     seed: int = 0,
@@ -226,7 +228,9 @@ def align_layer(
         method: ``"gauss_newton"`` (default) or ``"adam"`` for the affine optimiser.
         dense_grid: control points per axis of the dense warp.
         dense_smoothness: weight of the dense warp's smoothness penalty.
-        dense_steps: Adam steps of the dense warp (0 skips it: dense = affine).
+        dense_method: the dense warp's optimiser, ``"adam"`` (default) or
+            ``"gauss_newton"`` (Levenberg–Marquardt; :func:`~featalign.align.dense.fit_dense`).
+        dense_steps: iterations of the dense warp (0 skips it: dense = affine).
         ridge: relative ridge penalty of the channel mixing.
         seed: seed of the family draws.
         device: where to compute.
@@ -349,6 +353,7 @@ def align_layer(
             grid_size=dense_grid,
             smoothness=dense_smoothness,
             steps=dense_steps,
+            method=dense_method,
             max_batch_elements=max_batch_elements,
             progress=progress,
         )
