@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from bench_optimizer import featalign_starts
@@ -35,6 +36,27 @@ from featalign.geometry import Grid
 
 SIZES = ((28, 256), (56, 128))
 CHUNKS = (25, 23, 22, 21, 20)
+MovedBy = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def _interleaved(
+    rounds: int, module: object, fit: Callable[[], torch.Tensor], moved_by: MovedBy
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Median seconds per chunk bound (``module.CPU_CHUNK_ELEMENTS`` = 2**log2 for each of
+    :data:`CHUNKS`, interleaved over ``rounds``) and how far ``fit()``'s result moved from
+    the first bound's, by ``moved_by(result, reference)``."""
+    times: dict[int, list[float]] = {}
+    moved: dict[int, float] = {}
+    ref: torch.Tensor | None = None
+    for _ in range(rounds):
+        for log2 in CHUNKS:
+            module.CPU_CHUNK_ELEMENTS = 2**log2  # type: ignore[attr-defined]
+            t0 = time.perf_counter()
+            result = fit()
+            times.setdefault(log2, []).append(time.perf_counter() - t0)
+            ref = result if ref is None else ref
+            moved[log2] = moved_by(result, ref)
+    return {k: statistics.median(v) for k, v in times.items()}, moved
 
 
 def sweep(rounds: int) -> None:
@@ -43,22 +65,13 @@ def sweep(rounds: int) -> None:
         p = make_problems(count, size)
         args = (p.sources, p.moving, p.target_index, featalign_starts(size), p.grid, p.mask)
         affine.fit_affine(*args)  # warm-up
-        times: dict[int, list[float]] = {}
-        moved: dict[int, float] = {}
-        ref: torch.Tensor | None = None
-        for _ in range(rounds):
-            for log2 in CHUNKS:
-                affine.CPU_CHUNK_ELEMENTS = 2**log2
-                t0 = time.perf_counter()
-                fit = affine.fit_affine(*args)
-                times.setdefault(log2, []).append(time.perf_counter() - t0)
-                ref = fit.matrix if ref is None else ref
-                moved[log2] = float((fit.matrix - ref).abs().max())
-        base = statistics.median(times[25])
+        times, moved = _interleaved(
+            rounds, affine, lambda: affine.fit_affine(*args).matrix,
+            lambda m, ref: float((m - ref).abs().max()),
+        )  # fmt: skip
         print(f"{size}x{size}, {count} problems, 12 starts ({rounds} rounds)")
-        for log2, ts in times.items():
-            med = statistics.median(ts)
-            print(f"  chunk 2**{log2}  {1e3 * med / count:7.2f} ms/problem  {med / base:5.2f}x"
+        for log2, med in times.items():
+            print(f"  chunk 2**{log2}  {1e3 * med / count:7.2f} ms/problem  {med / times[25]:5.2f}x"
                   f" of 2**25  matrices moved by up to {moved[log2]:.1e}")
 
 
@@ -73,25 +86,17 @@ def sweep_dense(
     args = (target, moving, torch.zeros(count, dtype=torch.int64),
             torch.eye(2, 3, dtype=torch.float64).expand(count, 2, 3).clone(), grid,
             region_mask(grid, 0.3 * size))
-    kwargs = {"method": method, "steps": 60 if method == "adam" else 20}
+    steps = 60 if method == "adam" else 20
     dense.fit_dense(*args, steps=2, method=method)  # warm-up
-    times: dict[int, list[float]] = {}
-    moved: dict[int, float] = {}
-    ref: torch.Tensor | None = None
-    for _ in range(rounds):
-        for log2 in CHUNKS:
-            dense.CPU_CHUNK_ELEMENTS = 2**log2
-            t0 = time.perf_counter()
-            fit = dense.fit_dense(*args, max_batch_elements=2**25, **kwargs)
-            times.setdefault(log2, []).append(time.perf_counter() - t0)
-            ref = fit.error if ref is None else ref
-            moved[log2] = float(((fit.error - ref).abs() / ref).max())
-    base = statistics.median(times[25])
+    times, moved = _interleaved(
+        rounds, dense,
+        lambda: dense.fit_dense(*args, steps=steps, method=method, max_batch_elements=2**25).error,
+        lambda e, ref: float(((e - ref).abs() / ref).max()),
+    )  # fmt: skip
     print(f"dense fit ({method}): {count} problems, {channels} channels, {size}x{size}"
           f" ({rounds} rounds)")
-    for log2, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  chunk 2**{log2}  {med:6.2f} s  {med / base:5.2f}x of 2**25"
+    for log2, med in times.items():
+        print(f"  chunk 2**{log2}  {med:6.2f} s  {med / times[25]:5.2f}x of 2**25"
               f"  errors moved by up to {moved[log2]:.1e} (relative)")
 
 
