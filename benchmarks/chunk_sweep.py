@@ -15,8 +15,7 @@ target)::
 the same CPU bound) instead, on maps shaped like config/paper.yaml's stride-8 dense maps:
 55 problems (one sample's transforms) of 128 channels at 104 × 104 against one target,
 smooth random fields (σ = 2 px), R a disk of 0.3 × 104 px, from the identity, with its
-default method (60 Adam steps; ``--method gauss_newton``: 20 Levenberg–Marquardt
-iterations).
+default method (20 Levenberg–Marquardt iterations; ``--method adam``: 60 Adam steps).
 """
 
 from __future__ import annotations
@@ -86,7 +85,7 @@ def sweep_dense(
     args = (target, moving, torch.zeros(count, dtype=torch.int64),
             torch.eye(2, 3, dtype=torch.float64).expand(count, 2, 3).clone(), grid,
             region_mask(grid, 0.3 * size))
-    steps = 60 if method == "adam" else 20
+    steps = dense.dense_steps(method)
     dense.fit_dense(*args, steps=2, method=method)  # warm-up
     times, moved = _interleaved(
         rounds, dense,

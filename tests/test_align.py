@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from featalign import geometry as g
 from featalign.align.affine import fit_affine
-from featalign.align.dense import _Slopes, fit_dense, warp_with_field
+from featalign.align.dense import DENSE_STEPS, _Slopes, fit_dense, warp_with_field
 from featalign.align.layer import align_layer, values_in_region
 from featalign.align.measures import MEASURES, region_mask, warp_loss
 from featalign.align.starts import SYMMETRY_NAMES, family_starts, grid_symmetries
@@ -513,9 +513,26 @@ class TestDenseOptimiser:
         torch.testing.assert_close(ours, positions.grad[:, 0] * torch.tensor([2 / 9, 2 / 7],
                                    dtype=torch.float64))  # fmt: skip
 
+    @pytest.mark.parametrize("method", ["gauss_newton", "adam"])
+    def test_steps_default_to_the_methods_own(self, method: str) -> None:
+        target, moving, gs, grid = planted(2, 2)
+        start = g.compose(g.invert(gs), g.rotation(torch.full((2,), 6.0, dtype=torch.float64)))
+        args = (target, moving, torch.arange(2), start, grid, region_mask(grid, RADIUS))
+        default = fit_dense(*args, method=method)
+        own = fit_dense(*args, method=method, steps=DENSE_STEPS[method])
+        fewer = fit_dense(*args, method=method, steps=1)
+        torch.testing.assert_close(default.error, own.error, rtol=0, atol=0)
+        assert not torch.equal(default.error, fewer.error)  # the count is used
+
+    def test_negative_steps_are_named(self) -> None:
+        target, moving, gs, grid = planted(2, 2)
+        with pytest.raises(ValueError, match="dense steps must be >= 0, got -1"):
+            fit_dense(target, moving, torch.arange(2), gs, grid, region_mask(grid, RADIUS),
+                      steps=-1)  # fmt: skip
+
     def test_an_unknown_method_is_named(self) -> None:
         target, moving, gs, grid = planted(2, 2)
-        with pytest.raises(ValueError, match="one of adam, gauss_newton, got 'newton'"):
+        with pytest.raises(ValueError, match="one of gauss_newton, adam, got 'newton'"):
             fit_dense(target, moving, torch.arange(2), gs, grid, region_mask(grid, RADIUS),
                       method="newton")  # fmt: skip
 

@@ -24,13 +24,35 @@ from featalign.align.measures import (
 )
 from featalign.geometry import Grid, check_shape
 
-__all__ = ["DENSE_METHODS", "DenseFit", "fit_dense", "warp_with_field"]
+__all__ = ["DENSE_METHODS", "DENSE_STEPS", "DenseFit", "dense_steps", "fit_dense", "warp_with_field"]
 
-#: How :func:`fit_dense` minimises: ``adam`` (first-order steps through autograd, the
-#: default: the measure every reported run used) or ``gauss_newton`` (Levenberg–Marquardt
-#: on the control grid, opt-in: README "The dense warp's optimiser" has how the two
-#: compare).
-DENSE_METHODS = ("adam", "gauss_newton")
+#: How :func:`fit_dense` minimises: ``gauss_newton`` (Levenberg–Marquardt on the control
+#: grid, the default) or ``adam`` (first-order steps through autograd, the default until
+#: the runs of 2026-12-01: README "The dense warp's optimiser" has how the two compare).
+DENSE_METHODS = ("gauss_newton", "adam")
+
+#: Each method's own number of iterations, used where none is given.
+DENSE_STEPS = {"gauss_newton": 20, "adam": 60}
+
+
+def dense_steps(method: str, steps: int | None = None) -> int:
+    """The iterations :func:`fit_dense` runs: ``steps``, or ``method``'s own
+    (:data:`DENSE_STEPS`) where it is None.
+
+    Example:
+        >>> dense_steps("adam"), dense_steps("gauss_newton"), dense_steps("adam", 5)
+        (60, 20, 5)
+
+    Raises:
+        ValueError: on an unknown ``method`` (naming the known ones) or negative ``steps``.
+    """
+    if method not in DENSE_METHODS:
+        raise ValueError(f"dense method must be one of {', '.join(DENSE_METHODS)}, got {method!r}")
+    if steps is None:
+        return DENSE_STEPS[method]
+    if steps < 0:
+        raise ValueError(f"dense steps must be >= 0, got {steps}")
+    return int(steps)
 
 
 @dataclass(frozen=True)
@@ -60,9 +82,9 @@ def fit_dense(
     *,
     grid_size: int = 6,
     smoothness: float = 1e-3,
-    steps: int = 60,
+    steps: int | None = None,
     lr: float = 0.1,
-    method: str = "adam",
+    method: str = "gauss_newton",
     max_batch_elements: int = 2**25,
     progress: bool = False,
 ) -> DenseFit:
@@ -89,11 +111,12 @@ def fit_dense(
         mask: the region R, boolean (h, w).
         grid_size: control points per axis (≥ 2).
         smoothness: weight of the smoothness penalty.
-        steps: iterations: Levenberg–Marquardt trials, or Adam steps.
+        steps: iterations: Levenberg–Marquardt trials, or Adam steps; None: the
+            method's own (:data:`DENSE_STEPS`: 20 and 60).
         lr: Adam's learning rate in feature pixels (``method="adam"`` only).
-        method: one of :data:`DENSE_METHODS`: ``adam`` (first-order steps through
-            autograd) or ``gauss_newton`` (Levenberg–Marquardt on the control grid with
-            the exact Jacobian, about 20 iterations: :func:`_levenberg_marquardt`).
+        method: one of :data:`DENSE_METHODS`: ``gauss_newton`` (Levenberg–Marquardt on
+            the control grid with the exact Jacobian: :func:`_levenberg_marquardt`) or
+            ``adam`` (first-order steps through autograd).
         max_batch_elements: bound on the elements a chunk holds (P × C × h × w, three
             times that for ``gauss_newton``, whose chunk holds the maps' difference maps
             too); on the CPU at most :data:`~featalign.align.affine.CPU_CHUNK_ELEMENTS`.
@@ -103,12 +126,12 @@ def fit_dense(
         A :class:`DenseFit`.
 
     Raises:
-        ValueError: on bad shapes, ``grid_size < 2`` or an unknown ``method``.
+        ValueError: on bad shapes, ``grid_size < 2``, an unknown ``method`` or negative
+            ``steps``.
     """
     if grid_size < 2:
         raise ValueError(f"dense grid_size must be >= 2, got {grid_size}")
-    if method not in DENSE_METHODS:
-        raise ValueError(f"dense method must be one of {', '.join(DENSE_METHODS)}, got {method!r}")
+    steps = dense_steps(method, steps)
     dims = check_shape(target, "S C h w", "target")
     check_shape(moving, f"P {dims['C']} {dims['h']} {dims['w']}", "moving")
     p_count = moving.shape[0]

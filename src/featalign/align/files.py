@@ -304,7 +304,8 @@ def _align(
                     dense_grid=int(opts["dense_grid"]),
                     dense_smoothness=float(opts["dense_smoothness"]),
                     dense_method=str(opts["dense_method"]),
-                    dense_steps=int(opts["dense_steps"]),
+                    dense_steps=(None if opts["dense_steps"] is None
+                                 else int(opts["dense_steps"])),
                     ridge=float(opts["ridge"]),
                     seed=seed,
                     device=device,

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from featalign.align.affine import fit_affine
+from featalign.align.dense import dense_steps as resolve_dense_steps
 from featalign.align.dense import fit_dense
 from featalign.align.measures import (
     MEASURES,
@@ -42,8 +43,8 @@ ALIGNMENT_DEFAULTS: dict[str, Any] = {
     "starts_per_family": 4,
     "dense_grid": 6,
     "dense_smoothness": 1e-3,
-    "dense_method": "adam",
-    "dense_steps": 60,
+    "dense_method": "gauss_newton",
+    "dense_steps": None,  # the method's own (featalign.align.dense.DENSE_STEPS)
     "ridge": 1e-3,
     "max_batch_elements": 2**25,
 }
@@ -191,7 +192,7 @@ def align_layer(
     dense_grid: int = ALIGNMENT_DEFAULTS["dense_grid"],
     dense_smoothness: float = ALIGNMENT_DEFAULTS["dense_smoothness"],
     dense_method: str = ALIGNMENT_DEFAULTS["dense_method"],
-    dense_steps: int = ALIGNMENT_DEFAULTS["dense_steps"],
+    dense_steps: int | None = ALIGNMENT_DEFAULTS["dense_steps"],
     ridge: float = ALIGNMENT_DEFAULTS["ridge"],
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -228,9 +229,10 @@ def align_layer(
         method: ``"gauss_newton"`` (default) or ``"adam"`` for the affine optimiser.
         dense_grid: control points per axis of the dense warp.
         dense_smoothness: weight of the dense warp's smoothness penalty.
-        dense_method: the dense warp's optimiser, ``"adam"`` (default) or
-            ``"gauss_newton"`` (Levenberg–Marquardt; :func:`~featalign.align.dense.fit_dense`).
-        dense_steps: iterations of the dense warp (0 skips it: dense = affine).
+        dense_method: the dense warp's optimiser, ``"gauss_newton"`` (default:
+            Levenberg–Marquardt) or ``"adam"`` (:func:`~featalign.align.dense.fit_dense`).
+        dense_steps: iterations of the dense warp (0 skips it: dense = affine); None:
+            the method's own (:data:`~featalign.align.dense.DENSE_STEPS`).
         ridge: relative ridge penalty of the channel mixing.
         seed: seed of the family draws.
         device: where to compute.
@@ -248,9 +250,11 @@ def align_layer(
 
     Raises:
         ValueError: on non-finite inputs (naming which), mismatched shapes (with the
-            shapes), a wrong number of families or an unknown family.
+            shapes), a wrong number of families, an unknown family or ``dense_method``,
+            or negative ``dense_steps``.
         EmptyRegionError: (a ``ValueError``) if the region R holds no feature pixel.
     """
+    dense_steps = resolve_dense_steps(dense_method, dense_steps)
     dims = check_shape(target, "S C h w", "target")
     spec = f"{dims['S']} T {dims['C']} {dims['h']} {dims['w']}"
     check_shape(moving, spec, "moving")
