@@ -47,6 +47,15 @@ grant. Writes ``results/benchmarks/paper_cost.json``. Not part of ``make bench``
 
 ``--no-dense`` runs the same with ``features.dense: false``: what the dense maps cost is
 the difference of the two totals.
+
+``--report DIR`` runs nothing: it projects and summarises the jobs of a scratch copy kept
+by ``--keep`` as they now stand, so that what one setting costs at paper size can be
+measured by rerunning only the rule it touches there, e.g. the align jobs with the dense
+warp's other optimiser (``align.yaml`` holding ``alignment: {dense_method: adam}``)::
+
+    cd DIR && PYTHONPATH=src snakemake --cores 2 --forcerun align \
+        --configfile config/paper_cost.yaml align.yaml -- $(find results/alignment -name '*.nc')
+    .venv/bin/python benchmarks/paper_cost.py --report DIR
 """
 
 from __future__ import annotations
@@ -239,6 +248,34 @@ def goals_of(result: dict[str, Any]) -> list[Goal]:
     return goals
 
 
+def report(work: Path, cores: int = CORES) -> dict[str, Any]:
+    """Project and summarise a kept scratch copy's jobs as they now stand (``--report``):
+    the job list from a dry run of every job, the seconds and peaks from their TSVs."""
+    cost_file = work / COST_CONFIG
+    if not cost_file.exists():
+        raise SystemExit(f"{work} holds no {COST_CONFIG}: pass a scratch copy that"
+                         " `paper_cost.py --keep` kept")
+    cost = yaml.safe_load(cost_file.read_text())
+    samples = {int(d["samples"]) for d in cost["datasets"].values()}.pop()
+    recognition = int(cost.get("recognition", {}).get("samples", 0))
+    seeds = len(cost.get("stn", {}).get("seeds", []))
+    dense = cost.get("features", {}).get("dense", True) is not False
+    paper = yaml.safe_load((ROOT / PAPER).read_text())
+    listing = snakemake(work, "--dry-run", "--forceall", "--cores", str(cores),
+                        "--configfile", COST_CONFIG, timeout=600)
+    jobs = _jobs(work, listing.output)
+    project(work, jobs, _scale(paper, samples, recognition, seeds))
+    result = summarise(jobs, granted())
+    expected = job_stats(listing.output)["jobs"]
+    measured = {r: len([j for j in jobs if j["rule"] == r]) for r in expected}
+    if missing := {r: n - measured[r] for r, n in expected.items() if r != "all" and measured[r] != n}:
+        raise SystemExit(f"{work}: jobs without a benchmark TSV, per rule: {missing}")
+    result.update(samples=samples, recognition=recognition, seeds=seeds, dense=dense)
+    print(f"[paper_cost] the jobs of {work} as they stand ({len(jobs)} jobs)")
+    print_summary(result)
+    return result
+
+
 def main(samples: int = 1, recognition: int = 50, seeds: int = 1, cores: int = CORES,
          keep: bool = False, dense: bool = True) -> list[Goal]:
     paper = yaml.safe_load((ROOT / PAPER).read_text())
@@ -290,6 +327,11 @@ if __name__ == "__main__":
     ap.add_argument("--no-dense", dest="dense", action="store_false",
                     help="features.dense false: the as-built maps only, what the paper costs"
                     " without the dense maps (writes paper_cost_no_dense.json)")
+    ap.add_argument("--report", type=Path, metavar="DIR",
+                    help="run nothing: summarise the jobs of a scratch copy kept by --keep")
     a = ap.parse_args()
+    if a.report is not None:
+        report(a.report, a.cores)
+        sys.exit(0)
     for goal in main(a.samples, a.recognition, a.seeds, a.cores, a.keep, a.dense):
         print(goal.line())

@@ -253,3 +253,35 @@ class TestPaperCost:
         assert goals["paper features job peak RSS"].met is True
         assert "paper recognize job peak RSS" not in goals  # too short to sample
         assert goals[f"{pc.PAPER} on 2 cores, from its jobs at paper size"].met is True
+
+    def test_report_projects_a_kept_copy_as_it_stands(self, tmp_path: Path, monkeypatch,
+                                                       capsys) -> None:
+        import netCDF4
+        import yaml
+        from bench_workflow import Run
+
+        pc = self.module()
+        paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+        (tmp_path / "config").mkdir()
+        (tmp_path / pc.COST_CONFIG).write_text(yaml.safe_dump(pc.cost_config(paper, 2, 10, 1)))
+        (tmp_path / "logs").mkdir()
+        with netCDF4.Dataset(tmp_path / "a.nc", "w") as nc:
+            nc.setncattr("compute_seconds", 3.0)
+        (tmp_path / "logs" / "a.tsv").write_text("s\th:m:s\tmax_rss\n5.0\t0:00:05\t900\n")
+        listing = ("Job stats:\njob      count\n-----  -----\nalign      1\nsummarize  1\n"
+                   "total      2\n\nrule align:\n    output: a.nc\n    benchmark: logs/a.tsv\n"
+                   "\nrule summarize:\n    output: t.csv\n    benchmark: logs/t.tsv\n")
+        monkeypatch.setattr(pc, "snakemake", lambda work, *args, timeout: Run(1.0, 0, 0, listing))
+        with pytest.raises(SystemExit, match=r"without a benchmark TSV, per rule: \{'summarize': 1\}"):
+            pc.report(tmp_path)
+        (tmp_path / "logs" / "t.tsv").write_text("s\tmax_rss\n2.0\tNA\n")
+        result = pc.report(tmp_path)
+        # align: start-up 2 s + compute 3 s x 64 / 2 samples; the summary as measured
+        assert result["rules"]["align"]["paper_job_seconds"] == pytest.approx(2 + 3 * 32)
+        assert result["job_hours"] == pytest.approx((2 + 96 + 2) / 3600)
+        assert (result["samples"], result["recognition"], result["seeds"]) == (2, 10, 1)
+        assert "job-hours" in capsys.readouterr().out
+
+    def test_report_names_a_folder_that_is_no_kept_copy(self, tmp_path: Path) -> None:
+        with pytest.raises(SystemExit, match="holds no config/paper_cost.yaml"):
+            self.module().report(tmp_path)
