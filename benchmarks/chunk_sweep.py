@@ -85,11 +85,10 @@ def sweep_dense(
     args = (target, moving, torch.zeros(count, dtype=torch.int64),
             torch.eye(2, 3, dtype=torch.float64).expand(count, 2, 3).clone(), grid,
             region_mask(grid, 0.3 * size))
-    steps = dense.dense_steps(method)
     dense.fit_dense(*args, steps=2, method=method)  # warm-up
     times, moved = _interleaved(
         rounds, dense,
-        lambda: dense.fit_dense(*args, steps=steps, method=method, max_batch_elements=2**25).error,
+        lambda: dense.fit_dense(*args, method=method, max_batch_elements=2**25).error,
         lambda e, ref: float(((e - ref).abs() / ref).max()),
     )  # fmt: skip
     print(f"dense fit ({method}): {count} problems, {channels} channels, {size}x{size}"

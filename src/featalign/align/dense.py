@@ -24,7 +24,7 @@ from featalign.align.measures import (
 )
 from featalign.geometry import Grid, check_shape
 
-__all__ = ["DENSE_METHODS", "DENSE_STEPS", "DenseFit", "dense_steps", "fit_dense", "warp_with_field"]
+__all__ = ["DENSE_METHODS", "DENSE_STEPS", "DenseFit", "fit_dense", "resolve_steps", "warp_with_field"]
 
 #: How :func:`fit_dense` minimises: ``gauss_newton`` (Levenberg–Marquardt on the control
 #: grid, the default) or ``adam`` (first-order steps through autograd, the default until
@@ -35,12 +35,12 @@ DENSE_METHODS = ("gauss_newton", "adam")
 DENSE_STEPS = {"gauss_newton": 20, "adam": 60}
 
 
-def dense_steps(method: str, steps: int | None = None) -> int:
+def resolve_steps(method: str, steps: int | None = None) -> int:
     """The iterations :func:`fit_dense` runs: ``steps``, or ``method``'s own
     (:data:`DENSE_STEPS`) where it is None.
 
     Example:
-        >>> dense_steps("adam"), dense_steps("gauss_newton"), dense_steps("adam", 5)
+        >>> resolve_steps("adam"), resolve_steps("gauss_newton"), resolve_steps("adam", 5)
         (60, 20, 5)
 
     Raises:
@@ -131,7 +131,7 @@ def fit_dense(
     """
     if grid_size < 2:
         raise ValueError(f"dense grid_size must be >= 2, got {grid_size}")
-    steps = dense_steps(method, steps)
+    steps = resolve_steps(method, steps)
     dims = check_shape(target, "S C h w", "target")
     check_shape(moving, f"P {dims['C']} {dims['h']} {dims['w']}", "moving")
     p_count = moving.shape[0]

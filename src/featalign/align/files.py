@@ -304,8 +304,7 @@ def _align(
                     dense_grid=int(opts["dense_grid"]),
                     dense_smoothness=float(opts["dense_smoothness"]),
                     dense_method=str(opts["dense_method"]),
-                    dense_steps=(None if opts["dense_steps"] is None
-                                 else int(opts["dense_steps"])),
+                    dense_steps=opts["dense_steps"],  # None: the method's own
                     ridge=float(opts["ridge"]),
                     seed=seed,
                     device=device,

@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from featalign.align.affine import fit_affine
-from featalign.align.dense import dense_steps as resolve_dense_steps
-from featalign.align.dense import fit_dense
+from featalign.align.dense import fit_dense, resolve_steps
 from featalign.align.measures import (
     MEASURES,
     _at,
@@ -254,7 +253,7 @@ def align_layer(
             or negative ``dense_steps``.
         EmptyRegionError: (a ``ValueError``) if the region R holds no feature pixel.
     """
-    dense_steps = resolve_dense_steps(dense_method, dense_steps)
+    dense_steps = resolve_steps(dense_method, dense_steps)
     dims = check_shape(target, "S C h w", "target")
     spec = f"{dims['S']} T {dims['C']} {dims['h']} {dims['w']}"
     check_shape(moving, spec, "moving")
